@@ -1,0 +1,211 @@
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from trainer.data.augment import (
+    SimCLRAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    gaussian_blur,
+    sample_crop_boxes,
+    two_crops,
+)
+
+
+def colourful(b=8, size=32):
+    """Smooth colourful images: no two channels equal anywhere."""
+    return (torch.rand(b, 3, size, size) * 0.6 + 0.2).to(torch.float32)
+
+
+def only(**kwargs):
+    """An augmentation with every random operation off except those named."""
+    settings = dict(
+        flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur=False, scale=(1.0, 1.0), ratio=(1.0, 1.0)
+    )
+    settings.update(kwargs)
+    return settings
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_dtypes_and_range(dtype, channels):
+    images = torch.randint(0, 256, (5, channels, 40, 48), dtype=torch.uint8)
+    if dtype == torch.float32:
+        images = images.float() / 255
+    a, b = SimCLRAugment(24, chunk_size=2)(images)
+    for view in (a, b):
+        assert (
+            view.shape == (5, 3, 24, 24)
+            and view.dtype == torch.float32
+            and view.device == images.device
+        )
+        assert view.min() >= 0 and view.max() <= 1
+
+
+def test_rejects_bad_input():
+    augment = SimCLRAugment(16)
+    with pytest.raises(ValueError, match="B, 1 or 3"):
+        augment(torch.zeros(2, 4, 16, 16))
+    with pytest.raises(TypeError, match="uint8 or floating"):
+        augment(torch.zeros(2, 3, 16, 16, dtype=torch.int32))
+    with pytest.raises(ValueError, match="sizes"):
+        augment(torch.zeros(2, 3, 16, 16), sizes=torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_fresh_randomness_per_image_and_per_view():
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(16, -1, -1, -1)
+    a, b = SimCLRAugment(32)(image)
+    flat = torch.cat([a, b]).flatten(1)
+    distances = torch.cdist(flat, flat)
+    off_diagonal = distances[~torch.eye(32, dtype=torch.bool)]
+    assert (off_diagonal > 1e-3).all(), "two views of the same image came out identical"
+
+
+def test_generator_makes_views_reproducible():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    augment = SimCLRAugment(24)
+    first = augment(images, generator=torch.Generator().manual_seed(7))
+    second = augment(images, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_identity_when_every_operation_is_off():
+    images = colourful(4, 20)
+    a, b = SimCLRAugment(20, **only())(images)
+    torch.testing.assert_close(a, images, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b, images, atol=1e-6, rtol=0)
+
+
+def fraction(changed: torch.Tensor) -> float:
+    return changed.float().mean().item()
+
+
+def test_operation_frequencies():
+    images = colourful(1000, 16)
+    a, b = SimCLRAugment(16, **only(flip_p=0.5))(images)
+    flipped = (torch.cat([a, b]) - images.flip(-1).repeat(2, 1, 1, 1)).abs().amax(
+        dim=(1, 2, 3)
+    ) < 1e-6
+    assert fraction(flipped) == pytest.approx(0.5, abs=0.05)
+
+    a, b = SimCLRAugment(16, **only(grayscale_p=0.2))(images)
+    views = torch.cat([a, b])
+    grey = (views[:, 0] - views[:, 1]).abs().amax(dim=(1, 2)) < 1e-6
+    assert fraction(grey) == pytest.approx(0.2, abs=0.04)
+
+    a, b = SimCLRAugment(16, **only(jitter_p=0.8))(images)
+    jittered = (torch.cat([a, b]) - images.repeat(2, 1, 1, 1)).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert fraction(jittered) == pytest.approx(0.8, abs=0.04)
+
+    # A 16-px view has a one-tap kernel (16 // 20 = 0 radius, as the official 16 // 10 // 2): no blur.
+    assert SimCLRAugment(16).blur_radius == 0
+    images = colourful(500, 40)
+    a, b = SimCLRAugment(40, **only(blur=True, blur_sigma=(1.0, 2.0)))(images)
+    blurred = (torch.cat([a, b]) - images.repeat(2, 1, 1, 1)).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert fraction(blurred) == pytest.approx(0.5, abs=0.05)
+
+
+def test_crop_boxes_follow_the_paper_ranges():
+    heights, widths = torch.full((20000,), 200), torch.full((20000,), 300)
+    boxes = sample_crop_boxes(heights, widths, (0.08, 1.0), (3 / 4, 4 / 3))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    area = w * h / (200 * 300)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 300 + 1e-3).all() and (boxes[:, 3] <= 200 + 1e-3).all()
+    assert area.min() >= 0.08 - 1e-4 and area.max() <= 1.0 + 1e-4
+    aspect = w / h
+    assert aspect.min() >= 0.75 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
+    # the same distribution as torchvision's rule (ten tries, then a centre crop)
+    from torchvision.transforms import RandomResizedCrop
+
+    image = torch.zeros(1, 200, 300)
+    reference = torch.tensor(
+        [
+            (lambda p: p[2] * p[3] / 60000)(
+                RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
+            )
+            for _ in range(5000)
+        ]
+    )
+    assert area.mean().item() == pytest.approx(reference.mean().item(), abs=0.015)
+
+
+def test_crop_boxes_fall_back_to_a_centre_crop():
+    boxes = sample_crop_boxes(torch.tensor([4]), torch.tensor([100]), (0.9, 1.0), (3 / 4, 4 / 3))
+    x1, y1, x2, y2 = boxes[0].tolist()
+    assert (y1, y2) == (0, 4)
+    assert x2 - x1 == pytest.approx(4 * 4 / 3) and x1 == pytest.approx((100 - 16 / 3) / 2)
+
+
+def test_crop_matches_torchvision_resized_crop():
+    images = torch.rand(2, 3, 30, 40)
+    boxes = torch.tensor(
+        [
+            [4.0, 2.0, 24.0, 27.0],
+            [10.0, 0.0, 40.0, 30.0],
+            [0.0, 5.0, 12.0, 17.0],
+            [7.0, 3.0, 19.0, 15.0],
+        ]
+    )
+    flip = torch.tensor([False, False, True, False])
+    sizes = torch.tensor([[30, 40], [30, 40]])
+    out = two_crops(images, sizes, boxes, flip, 16)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        expected = TF.resized_crop(
+            images[i % 2], y1, x1, y2 - y1, x2 - x1, [16, 16], antialias=False
+        )
+        if flip[i]:
+            expected = expected.flip(-1)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+
+
+def test_crops_stay_inside_the_valid_region_of_a_padded_canvas():
+    canvas = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    canvas[0, :, :20, :30] = 255
+    canvas[1, :, :64, :10] = 255
+    sizes = torch.tensor([[20, 30], [64, 10]])
+    a, b = SimCLRAugment(32, **only(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))(canvas, sizes)
+    assert torch.cat([a, b]).min() > 0.999
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, factor",
+    [
+        (adjust_brightness, TF.adjust_brightness, 1.4),
+        (adjust_contrast, TF.adjust_contrast, 0.3),
+        (adjust_saturation, TF.adjust_saturation, 1.7),
+        (adjust_hue, TF.adjust_hue, 0.17),
+        (adjust_hue, TF.adjust_hue, -0.2),
+    ],
+)
+def test_colour_operations_match_torchvision(ours, theirs, factor):
+    images = torch.rand(3, 3, 17, 19)
+    images[0, :, :4] = 0.5  # grey pixels: zero chroma
+    out = ours(images.clone(), torch.full((3,), factor))
+    expected = torch.stack([theirs(image, factor) for image in images])
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
+
+
+def test_blur_matches_torchvision():
+    images = torch.rand(2, 3, 40, 40)
+    sigma = torch.tensor([0.7, 1.9])
+    out = gaussian_blur(images, sigma, radius=5)
+    for i in range(2):
+        expected = TF.gaussian_blur(images[i], [11, 11], [sigma[i].item()] * 2)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+
+
+def test_compiled_equals_eager():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    eager = SimCLRAugment(24)(images, generator=torch.Generator().manual_seed(3))
+    compiled = SimCLRAugment(24, compile=True)(images, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda():
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    a, b = SimCLRAugment(48)(images)
+    assert a.is_cuda and b.is_cuda and a.shape == (8, 3, 48, 48)

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from trainer.config import SimCLRConfig, load_config
+from trainer.optim import scaled_learning_rate
+
+
+def test_defaults_are_the_papers_imagenet_recipe():
+    config = SimCLRConfig.model_validate(
+        {"dataset": {"name": "imagenet", "root": "/data/imagenet"}}
+    )
+    assert config.batch_size == 4096 and config.epochs == 100 and config.temperature == 0.1
+    assert config.backbone.name == "resnet50" and not config.backbone.cifar_stem
+    assert config.dataset.view_size == 224
+    opt = config.optimizer
+    assert (
+        opt.name == "lars" and opt.momentum == 0.9 and opt.weight_decay == 1e-6 and opt.eta == 1e-3
+    )
+    assert opt.warmup_epochs == 10
+    assert scaled_learning_rate(opt.base_lr, config.batch_size, opt.lr_scaling) == pytest.approx(
+        4.8
+    )
+    assert config.augment.strength == 1.0 and config.augment.blur
+    assert (config.head.hidden_dim, config.head.out_dim, config.head.num_layers) == (2048, 128, 2)
+
+
+def test_unknown_fields_are_rejected_with_their_name():
+    with pytest.raises(ValidationError, match="learning_rate"):
+        SimCLRConfig.model_validate({"dataset": {"name": "digits"}, "learning_rate": 1.0})
+
+
+def test_root_is_required_where_data_lives_on_disk():
+    with pytest.raises(ValidationError, match="needs a 'root'"):
+        SimCLRConfig.model_validate({"dataset": {"name": "cifar10"}})
+
+
+def test_shipped_configs_load(tmp_path):
+    for name in ("digits-demo", "cifar10", "imagenet"):
+        load_config(f"configs/{name}.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("batch_size: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_and_services_never_import_torch():
+    code = "import sys, trainer.config, services; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

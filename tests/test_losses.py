@@ -1,0 +1,119 @@
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.losses import nt_xent
+
+
+def reference_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:
+    """Eq. (1) of the SimCLR paper written anchor by anchor, in float64."""
+    z = F.normalize(torch.cat([z_a, z_b]).double(), dim=1)
+    n = z_a.shape[0]
+    losses = []
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        sims = [(z[i] @ z[k]).item() / temperature for k in range(2 * n)]
+        denominator = sum(math.exp(s) for k, s in enumerate(sims) if k != i)
+        losses.append(-(sims[positive] - math.log(denominator)))
+    return sum(losses) / (2 * n)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5])
+def test_matches_equation_one(temperature):
+    z_a, z_b = torch.randn(6, 5), torch.randn(6, 5)
+    assert nt_xent(z_a, z_b, temperature).item() == pytest.approx(
+        reference_nt_xent(z_a, z_b, temperature), rel=1e-5
+    )
+
+
+def test_scale_invariant_and_symmetric():
+    z_a, z_b = torch.randn(8, 16), torch.randn(8, 16)
+    loss = nt_xent(z_a, z_b, 0.1)
+    assert nt_xent(3 * z_a, 0.5 * z_b, 0.1).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert nt_xent(z_b, z_a, 0.1).item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_aligned_views_score_lower_than_random_ones():
+    z = torch.randn(32, 64)
+    assert nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1) < nt_xent(z, torch.randn_like(z), 0.1)
+
+
+def test_stable_at_low_temperature_with_bf16_inputs():
+    z_a = (torch.randn(64, 128) * 50).requires_grad_()
+    z_b = z_a.detach() + torch.randn(64, 128)
+    loss_bf16 = nt_xent(z_a.bfloat16(), z_b.bfloat16(), 0.05)
+    assert loss_bf16.dtype == torch.float32
+    assert torch.isfinite(loss_bf16)
+    loss_bf16.backward()
+    assert torch.isfinite(z_a.grad).all()
+    assert loss_bf16.item() == pytest.approx(nt_xent(z_a, z_b, 0.05).item(), rel=0.05)
+
+
+def test_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="must both be"):
+        nt_xent(torch.randn(4, 3), torch.randn(5, 3), 0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent(torch.randn(4, 3), torch.randn(4, 3), 0.0)
+
+
+# --- torch.distributed: 2 gloo processes against one process over the global batch ---------------
+
+WORLD = 2
+LOCAL_N = 4
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 8))
+
+
+def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(WORLD * LOCAL_N, 10, generator=generator), torch.randn(
+        WORLD * LOCAL_N, 10, generator=generator
+    )
+
+
+def _worker(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        x_a, x_b = _global_batch()
+        local = slice(rank * LOCAL_N, (rank + 1) * LOCAL_N)
+        loss = nt_xent(model(x_a[local]), model(x_b[local]), 0.1)
+        loss.backward()
+        results[rank] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_loss_and_gradients_equal_single_process_over_global_batch():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+
+    model = _model()
+    x_a, x_b = _global_batch()
+    single = nt_xent(model(x_a), model(x_b), 0.1)
+    single.backward()
+
+    mean_rank_loss = sum(results[r][0] for r in range(WORLD)) / WORLD
+    assert mean_rank_loss == pytest.approx(single.item(), rel=1e-5)
+    for rank in range(WORLD):
+        for ddp_grad, p in zip(results[rank][1], model.parameters(), strict=True):
+            torch.testing.assert_close(ddp_grad, p.grad, rtol=1e-5, atol=1e-6)

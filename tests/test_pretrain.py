@@ -1,0 +1,93 @@
+import json
+
+import torch
+
+from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.config import SimCLRConfig
+from trainer.pretrain import pretrain
+from trainer.simclr import LearningRateSchedule
+
+
+def small_config(**overrides) -> SimCLRConfig:
+    base = {
+        "dataset": {
+            "name": "synthetic",
+            "image_size": 16,
+            "synthetic_images": 96,
+            "synthetic_classes": 4,
+        },
+        "backbone": {"name": "small_cnn", "width": 8},
+        "head": {"hidden_dim": 32, "out_dim": 16},
+        "optimizer": {"warmup_epochs": 1},
+        "augment": {"strength": 0.5, "blur": False},
+        "batch_size": 32,
+        "epochs": 3,
+        "temperature": 0.5,
+        "log_every_steps": 1,
+    }
+    base.update(overrides)
+    return SimCLRConfig.model_validate(base)
+
+
+def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
+    result = pretrain(small_config(), tmp_path, progress=False)
+    assert result.steps == 9  # 3 epochs x 3 steps
+    state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert {
+        "backbone",
+        "head",
+        "optimizer",
+        "step",
+        "epoch",
+        "batch_in_epoch",
+        "rng",
+        "config",
+    } <= state.keys()
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (9, 3, 0)
+    assert any("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 10))
+    assert all(r.keys() >= {"loss", "lr", "images_per_s", "epoch"} for r in records)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    config = small_config(checkpoint_every_steps=2)
+    straight = pretrain(config, tmp_path / "straight", progress=False)
+    first = pretrain(
+        config, tmp_path / "resumed", stop_after=4, progress=False
+    )  # stops mid-epoch 1
+    second = pretrain(config, tmp_path / "resumed", progress=False)
+    assert first.steps == 4 and second.steps == 9
+    assert first.learning_rates + second.learning_rates == straight.learning_rates
+    schedule = LearningRateSchedule(config, steps_per_epoch=3)
+    assert straight.learning_rates == [schedule(s) for s in range(9)]
+    a = load_checkpoint(latest_checkpoint(tmp_path / "straight" / "checkpoints"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "resumed" / "checkpoints"))
+    for key in a["backbone"]:
+        torch.testing.assert_close(a["backbone"][key], b["backbone"][key], rtol=0, atol=0)
+
+
+def test_max_steps_caps_the_run_but_not_the_schedule(tmp_path):
+    result = pretrain(small_config(max_steps=2), tmp_path, progress=False)
+    assert result.steps == 2
+    assert result.learning_rates == [LearningRateSchedule(small_config(), 3)(s) for s in range(2)]
+
+
+def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
+    from tests.test_datasets import write_tree
+
+    root = write_tree(tmp_path / "tree", per_class=5)
+    (root / "dog" / "zz-broken.jpg").write_bytes(b"garbage")
+    config = small_config(
+        dataset={
+            "name": "imagefolder",
+            "root": str(root),
+            "image_size": 16,
+            "max_side": 32,
+            "loader_workers": 0,
+        },
+        batch_size=4,
+        epochs=1,
+    )
+    result = pretrain(config, tmp_path / "run", progress=False)
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))

@@ -1,0 +1,134 @@
+"""Typed configuration of a SimCLR pretraining job.
+
+One definition serves the REST API (which validates a submitted job) and the workers (which run it),
+so this module imports pydantic only: never torch. Every default reproduces the paper's ImageNet
+recipe (Chen et al. 2020; ../shared/reference/simclr-recipe.md): ResNet-50 at 224 px, global batch
+4096, LARS with lr 0.3 x B/256 = 4.8, weight decay 1e-6, momentum 0.9, 10 warm-up epochs then cosine,
+temperature 0.1, 100 epochs, colour strength 1.0 with blur. ``configs/`` holds the paper's CIFAR-10
+variant (App. B.9) and the small presets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DatasetName = Literal[
+    "imagenet", "imagefolder", "cifar10", "cifar100", "stl10", "digits", "synthetic"
+]
+
+# Side of the augmented views when the config leaves it unset.
+DEFAULT_IMAGE_SIZE: dict[str, int] = {
+    "imagenet": 224,
+    "imagefolder": 224,
+    "cifar10": 32,
+    "cifar100": 32,
+    "stl10": 96,
+    "digits": 16,
+    "synthetic": 32,
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(StrictModel):
+    """Where the images come from. ``root`` is required for every set but digits and synthetic."""
+
+    name: DatasetName = "imagenet"
+    root: str | None = None
+    image_size: int | None = Field(
+        default=None, ge=4, description="side of the views; per-dataset default"
+    )
+    max_side: int = Field(
+        default=384,
+        ge=8,
+        description="image-folder images are decoded with their longer side at most this",
+    )
+    on_error: Literal["raise", "skip"] = Field(
+        default="skip", description="an unreadable image: fail, or skip it and count it"
+    )
+    loader_workers: int = Field(default=4, ge=0, description="decoding processes for image folders")
+    synthetic_images: int = Field(default=2048, ge=1)
+    synthetic_classes: int = Field(default=10, ge=2)
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> DatasetConfig:
+        if self.name not in ("digits", "synthetic") and not self.root:
+            raise ValueError(f"dataset {self.name!r} needs a 'root' directory")
+        return self
+
+    @property
+    def view_size(self) -> int:
+        return self.image_size or DEFAULT_IMAGE_SIZE[self.name]
+
+
+class BackboneConfig(StrictModel):
+    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] = "resnet50"
+    cifar_stem: bool = False
+    width: int = Field(default=64, ge=8, description="base width of the small CNN")
+
+
+class HeadConfig(StrictModel):
+    hidden_dim: int = Field(default=2048, ge=1)
+    out_dim: int = Field(default=128, ge=1)
+    num_layers: int = Field(default=2, ge=1, description="2 in SimCLR v1, 3 in v2")
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["lars", "sgd"] = "lars"
+    base_lr: float = Field(default=0.3, gt=0)
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
+    weight_decay: float = Field(default=1e-6, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    eta: float = Field(default=1e-3, gt=0, description="LARS trust coefficient")
+    warmup_epochs: float = Field(default=10, ge=0)
+
+
+class AugmentConfig(StrictModel):
+    strength: float = Field(default=1.0, ge=0, description="colour-jitter strength s")
+    blur: bool = True
+    compile: bool = Field(default=False, description="fuse the colour kernels with torch.compile")
+
+
+class SimCLRConfig(StrictModel):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    batch_size: int = Field(default=4096, ge=2, description="GLOBAL batch of images (2x views)")
+    epochs: int = Field(default=100, ge=1)
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="stop after this many steps (smoke runs); the schedule still spans all epochs",
+    )
+    temperature: float = Field(default=0.1, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile_model: bool = False
+    seed: int = 0
+    log_every_steps: int = Field(default=10, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="besides every epoch end"
+    )
+    keep_checkpoints: int = Field(default=2, ge=1)
+
+
+def load_config(path: str | Path) -> SimCLRConfig:
+    """Read a YAML or JSON file into a ``SimCLRConfig``; errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config fields, not {type(data).__name__}")
+    return SimCLRConfig.model_validate(data)

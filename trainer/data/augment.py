@@ -1,0 +1,369 @@
+"""The SimCLR augmentation pipeline, batched, on any device.
+
+``SimCLRAugment`` takes a whole batch and returns two views of it, drawing fresh random parameters
+for every image and every view, with no Python loop over images. It follows the paper (Chen et al.
+2020, App. A) and the official code (``data_util.py``):
+
+1. random resized crop: area fraction U(0.08, 1), log aspect ratio U(log 3/4, log 4/3), ten tries then
+   a centre crop (torchvision's rule), resized to ``size`` by bilinear sampling without
+   anti-aliasing (the official code resizes bicubic, also without anti-aliasing);
+2. horizontal flip with p = 0.5, folded into the crop's sampling grid;
+3. colour jitter with p = 0.8: brightness, contrast and saturation factors U(1 - 0.8s, 1 + 0.8s),
+   hue shift U(-0.2s, 0.2s) of a turn, the four applied in a random order per image;
+4. grayscale with p = 0.2 (ITU-R 601 luma, the weights torchvision uses);
+5. Gaussian blur with p = 0.5 (when ``blur``): sigma U(0.1, 2.0), a kernel of 2 * (size // 20) + 1
+   taps (23 at 224 px, as in the official code's ``size // 10`` "kernel size" used as a diameter),
+   reflect padding.
+
+The colour operations run on the subset of views that draws each one, so their cost is what the
+probabilities say. On the CPU the batch is processed in chunks of ``chunk_size`` images so that
+intermediates stay in cache. ``compile=True`` fuses each colour and grayscale operation, with the
+gather and scatter of its subset, into one kernel with ``torch.compile`` (dynamic batch dimension: compiled once
+per process, plus a specialisation for subsets of one view).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LUMA = (0.2989, 0.587, 0.114)
+_CROP_TRIES = 10
+# One compiled ``apply_to_subset`` serves five operations, each specialised for subsets of one view
+# and of several: more than dynamo's default of eight graphs per function.
+_RECOMPILE_LIMIT = 32
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1], same shape."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+    return images.float()
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(M, 3, H, W) -> (M, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, reference: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor * x + (1 - factor) * reference, clamped to [0, 1]; factor is (M,)."""
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1.0 - f) * reference).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of every pixel by ``shift`` turns (M,), keeping saturation and value.
+
+    RGB -> (H, S, V) -> RGB in closed form: with V = max, C = max - min and H in sextants,
+    channel n in {5: red, 3: green, 1: blue} is V - C * clamp(min(k, 4 - k), 0, 1),
+    k = (n + H) mod 6.
+    """
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inverse = 1.0 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.where(
+        maxc == r,
+        (g - b) * inverse,
+        torch.where(maxc == g, 2.0 + (b - r) * inverse, 4.0 + (r - g) * inverse),
+    )
+    hue = hue + 6.0 * shift.view(-1, 1, 1)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = hue + n
+        k = k - 6.0 * torch.floor(k * (1.0 / 6.0))
+        channels.append(maxc - chroma * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels, dim=1)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def _expand_grayscale(x: torch.Tensor) -> torch.Tensor:
+    return grayscale(x).expand(-1, 3, -1, -1)
+
+
+def apply_to_subset(
+    op: Callable[..., torch.Tensor], views: torch.Tensor, chosen: torch.Tensor, *args
+) -> None:
+    """``views[chosen] = op(views[chosen], *args)`` in place; compiled, gather, op and scatter fuse."""
+    views[chosen] = op(views[chosen], *args)
+
+
+def sample_crop_boxes(
+    heights: torch.Tensor,
+    widths: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random-resized-crop boxes (M, 4) as x1, y1, x2, y2 in pixel coordinates.
+
+    ``heights`` and ``widths`` (M,) are each image's valid size. Ten candidate boxes are drawn per
+    image and the first that fits is kept; an image with none falls back to the largest centred crop
+    whose aspect ratio lies in ``ratio`` (torchvision's ``RandomResizedCrop.get_params``).
+    """
+    m, device = heights.shape[0], heights.device
+    h_img, w_img = heights.float().unsqueeze(1), widths.float().unsqueeze(1)
+    area = (
+        h_img
+        * w_img
+        * torch.empty(m, _CROP_TRIES, device=device).uniform_(*scale, generator=generator)
+    )
+    log_ratio = torch.empty(m, _CROP_TRIES, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    aspect = log_ratio.exp()
+    w = (area * aspect).sqrt()
+    h = (area / aspect).sqrt()
+    fits = (w <= w_img) & (h <= h_img)
+    first = fits.float().argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+
+    h_img, w_img = h_img.squeeze(1), w_img.squeeze(1)
+    image_ratio = w_img / h_img
+    fallback_w = torch.where(image_ratio > ratio[1], h_img * ratio[1], w_img)
+    fallback_h = torch.where(image_ratio < ratio[0], w_img / ratio[0], h_img)
+    any_fits = fits.any(dim=1)
+    w = torch.where(any_fits, w, fallback_w)
+    h = torch.where(any_fits, h, fallback_h)
+    u = torch.rand(2, m, device=device, generator=generator)
+    x1 = torch.where(any_fits, u[0] * (w_img - w), (w_img - w) / 2)
+    y1 = torch.where(any_fits, u[1] * (h_img - h), (h_img - h) / 2)
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def two_crops(
+    images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Bilinear crop-and-resize of two boxes per image, with optional horizontal flip.
+
+    Args:
+        images: (B, C, H, W) uint8 in [0, 255] or float in [0, 1].
+        sizes: (B, 2) valid (height, width) of each image at the canvas's top-left; samples are
+            clamped to it, so the padding never bleeds into a crop.
+        boxes: (2B, 4) float boxes x1, y1, x2, y2 in pixel coordinates (pixel i spans [i, i + 1]);
+            box i and box B + i are cut from image i.
+        flip: (2B,) bool, mirror the crop left-right.
+        size: side of the square output.
+    Returns:
+        (2B, C, size, size) float32 in [0, 1]. Output pixel centres are spread evenly over the box
+        (the ``align_corners=False`` convention), which equals torchvision's ``resized_crop``
+        (bilinear, no anti-aliasing) for boxes on whole pixels. One ``grid_sample`` call samples both crops of an
+        image side by side, so the source is never copied per crop.
+    """
+    b, channels, height, width = images.shape
+    t = (torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5) / size
+    x1, y1, x2, y2 = boxes.unbind(1)
+    last = sizes.repeat(2, 1).float() - 1  # largest valid pixel-centre coordinate, (2B, 2)
+
+    def sample_points(start: torch.Tensor, end: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+        """Pixel-centre coordinates of the output samples, clamped to the box's first and last pixel
+        (as cropping then resizing does) and to the valid image."""
+        points = start[:, None] + t[None, :] * (end - start)[:, None] - 0.5
+        first, final = start[:, None], (end[:, None] - 1).maximum(start[:, None])
+        return points.maximum(first).minimum(final).minimum(limit)
+
+    xs = sample_points(x1, x2, last[:, 1:])
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    ys = sample_points(y1, y2, last[:, :1])
+    xs, ys = (xs + 0.5) * (2.0 / width) - 1.0, (ys + 0.5) * (2.0 / height) - 1.0
+    grid_x = (
+        xs.view(2, b, 1, size).permute(1, 2, 0, 3).reshape(b, 1, 2 * size).expand(b, size, 2 * size)
+    )
+    grid_y = (
+        ys.view(2, b, size, 1)
+        .permute(1, 2, 0, 3)
+        .expand(b, size, 2, size)
+        .reshape(b, size, 2 * size)
+    )
+    out = F.grid_sample(
+        to_float_images(images),
+        torch.stack([grid_x, grid_y], dim=-1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    return (
+        out.view(b, channels, size, 2, size)
+        .permute(3, 0, 1, 2, 4)
+        .reshape(2 * b, channels, size, size)
+    )
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of (M, C, H, W) with a per-image sigma (M,), 2 * radius + 1 taps.
+
+    One depthwise convolution per direction with reflect padding; on the CPU it runs channels-last,
+    where PyTorch's depthwise kernel is about twice as fast.
+    """
+    m, c, height, width = x.shape
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma.view(-1, 1) ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (M*C, taps)
+    flat = F.pad(x.reshape(1, m * c, height, width), (radius,) * 4, mode="reflect")
+    if flat.device.type == "cpu":
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    flat = F.conv2d(flat, kernel.view(m * c, 1, 1, -1), groups=m * c)
+    flat = F.conv2d(flat, kernel.view(m * c, 1, -1, 1), groups=m * c)
+    return flat.reshape(m, c, height, width)
+
+
+class SimCLRAugment(nn.Module):
+    """Two SimCLR views of a batch: ``forward(images, sizes=None) -> (view_a, view_b)``.
+
+    Args:
+        size: side of the square output views.
+        strength: colour-jitter strength s (1.0 for ImageNet, 0.5 for the CIFAR recipe).
+        blur: apply the Gaussian blur (off in the CIFAR recipe).
+        compile: fuse the colour kernels with ``torch.compile`` (slow to start, faster after).
+        chunk_size: images processed at once on the CPU (None: the whole batch); on other devices
+            the whole batch is always processed at once.
+
+    ``images`` is (B, C, H, W), uint8 or float in [0, 1], C in {1, 3}, on any device. ``sizes``, if
+    given, is (B, 2) long: the valid (height, width) of each image placed at the top-left of the
+    canvas (a batch of images of different sizes); crops are drawn inside it. ``generator``, if
+    given, draws every random number, so a second call with an equally seeded generator repeats
+    the views exactly. Each view is a float32 tensor (B, 3, size, size) on the input's device.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        strength: float = 1.0,
+        blur: bool = True,
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        compile: bool = False,
+        chunk_size: int | None = 8,
+    ):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        if strength < 0:
+            raise ValueError(f"strength must be >= 0, got {strength}")
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.size = size
+        self.strength = strength
+        self.blur = blur
+        self.scale = scale
+        self.ratio = ratio
+        self.flip_p = flip_p
+        self.jitter_p = jitter_p
+        self.grayscale_p = grayscale_p
+        self.blur_p = blur_p
+        self.blur_sigma = blur_sigma
+        self.blur_radius = size // 20
+        self.chunk_size = chunk_size
+        self._apply = torch.compile(apply_to_subset, dynamic=True) if compile else apply_to_subset
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, strength={self.strength}, blur={self.blur}"
+
+    @torch.no_grad()
+    def forward(
+        self,
+        images: torch.Tensor,
+        sizes: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (B, 1 or 3, H, W), got shape {tuple(images.shape)}")
+        if not (images.dtype == torch.uint8 or images.is_floating_point()):
+            raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+        b, _, height, width = images.shape
+        if sizes is None:
+            sizes = torch.tensor([[height, width]], device=images.device).expand(b, 2)
+        elif sizes.shape != (b, 2):
+            raise ValueError(f"sizes must be (B, 2) = ({b}, 2), got {tuple(sizes.shape)}")
+        sizes = sizes.to(images.device)
+        step = b if self.chunk_size is None or images.device.type != "cpu" else self.chunk_size
+        view_a = torch.empty(b, 3, self.size, self.size, device=images.device)
+        view_b = torch.empty_like(view_a)
+        for start in range(0, b, step):
+            chunk = slice(start, start + step)
+            view_a[chunk], view_b[chunk] = self._two_views(images[chunk], sizes[chunk], generator)
+        return view_a, view_b
+
+    def _two_views(
+        self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views in one pass: 2B crops of the B images, then the colour ops on 2B views."""
+        b, device = images.shape[0], images.device
+        both = sizes.repeat(2, 1)
+        boxes = sample_crop_boxes(both[:, 0], both[:, 1], self.scale, self.ratio, generator)
+        flip = self._draw(2 * b, self.flip_p, device, generator)
+        views = two_crops(images, sizes, boxes, flip, self.size)
+        if views.shape[1] == 1:
+            views = views.expand(-1, 3, -1, -1).contiguous()
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            views = self._color_jitter(views, generator)
+            views = self._grayscale(views, generator)
+        if self.blur:
+            views = self._blur(views, generator)
+        return views[:b], views[b:]
+
+    def _draw(
+        self, m: int, p: float, device: torch.device, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        return torch.rand(m, device=device, generator=generator) < p
+
+    def _color_jitter(self, views: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        m, device, s = views.shape[0], views.device, self.strength
+        apply = self._draw(m, self.jitter_p, device, generator)
+        u = torch.rand(4, m, device=device, generator=generator)
+        low, high = max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s
+        factors = torch.cat([low + u[:3] * (high - low), (2.0 * u[3:] - 1.0) * 0.2 * s])
+        order = torch.rand(m, 4, device=device, generator=generator).argsort(dim=1)
+        for position in range(4):
+            for op_index, op in enumerate(_JITTER_OPS):
+                chosen = (apply & (order[:, position] == op_index)).nonzero().squeeze(1)
+                if chosen.numel():
+                    self._apply(op, views, chosen, factors[op_index, chosen])
+        return views
+
+    def _grayscale(self, views: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        draw = self._draw(views.shape[0], self.grayscale_p, views.device, generator)
+        chosen = draw.nonzero().squeeze(1)
+        if chosen.numel():
+            self._apply(_expand_grayscale, views, chosen)
+        return views
+
+    def _blur(self, views: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        draw = self._draw(views.shape[0], self.blur_p, views.device, generator)
+        sigma = torch.empty(views.shape[0], device=views.device).uniform_(
+            *self.blur_sigma, generator=generator
+        )
+        chosen = draw.nonzero().squeeze(1)
+        if chosen.numel() and self.blur_radius > 0:
+            apply_to_subset(gaussian_blur, views, chosen, sigma[chosen], self.blur_radius)
+        return views

@@ -1,0 +1,236 @@
+"""Image sources for every job kind. Each yields uint8 images; augmentation happens later, in batch,
+on the training device.
+
+- ``InMemoryImages``: a uint8 tensor (N, C, H, W) with labels: digits, CIFAR, STL-10, synthetic.
+- ``ImageFolderImages``: the ImageFolder layout (``<root>/<class>/<image>``; ImageNet is
+  ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``), decoded lazily with libjpeg-turbo.
+
+``build_dataset(config, split)`` picks one from a ``DatasetConfig``. Nothing is downloaded: a missing
+file is an error that names what is missing and where it was looked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from trainer.config import DatasetConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class InMemoryImages(Dataset):
+    """A labelled uint8 image tensor. ``images`` (N, C, H, W), ``labels`` (N,) long (-1: unlabelled)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+@dataclass
+class UnreadableImage:
+    """What ``ImageFolderImages`` returns in place of an image it skipped."""
+
+    path: str
+    reason: str
+
+
+class ImageFolderImages(Dataset):
+    """``<root>/<class>/<file>`` decoded to uint8 RGB (3, h, w) with the longer side at most ``max_side``.
+
+    Decoding is Pillow's (libjpeg-turbo); a JPEG larger than needed is decoded at a reduced scale in
+    the DCT domain (``Image.draft``), several times faster than a full decode, then resized with
+    anti-aliasing.
+
+    ``on_error="skip"`` returns an ``UnreadableImage`` for a file that does not decode (the collate
+    function drops it and counts it, and a warning names it); ``"raise"`` raises ``ValueError``.
+    """
+
+    def __init__(self, root: str | Path, max_side: int = 384, on_error: str = "skip"):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise FileNotFoundError(
+                f"image folder {root} has no class sub-directories (expected {root}/<class>/<image>)"
+            )
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            files = sorted(
+                str(p)
+                for p in (root / name).rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+            if not files:
+                raise FileNotFoundError(
+                    f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            self.samples += [(f, label) for f in files]
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.root = root
+        self.max_side = max_side
+        self.on_error = on_error
+        self.labels = torch.tensor([label for _, label in self.samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | UnreadableImage, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (self.max_side, self.max_side))
+                image = image.convert("RGB")
+                if max(image.size) > self.max_side:
+                    scale = self.max_side / max(image.size)
+                    new_size = (
+                        max(1, round(image.width * scale)),
+                        max(1, round(image.height * scale)),
+                    )
+                    image = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+                pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            if self.on_error == "raise":
+                raise ValueError(f"cannot decode image {path}: {error}") from error
+            log.warning("skipping unreadable image %s: %s", path, error)
+            return UnreadableImage(path, str(error)), label
+        return pixels, label
+
+
+def load_digits_split(split: str) -> InMemoryImages:
+    """scikit-learn's 1,797 8x8 digits, 0..16 scaled to 0..255, in a fixed stratified split.
+
+    ``train`` holds 1,347 images and ``test`` 450 (25 %, ``random_state=0``), every class in both.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    indices = torch.arange(len(digits.target)).numpy()
+    train_idx, test_idx = train_test_split(
+        indices,
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    chosen = {"train": train_idx, "test": test_idx}[_check_split(split, ("train", "test"))]
+    pixels = torch.from_numpy(digits.images[chosen]).float() * (255.0 / 16.0)
+    images = pixels.round().clamp(0, 255).to(torch.uint8).unsqueeze(1)
+    return InMemoryImages(
+        images, torch.from_numpy(digits.target[chosen]), [str(d) for d in range(10)]
+    )
+
+
+def make_synthetic(
+    num_images: int, num_classes: int, size: int = 32, seed: int = 0
+) -> InMemoryImages:
+    """Seeded RGB images whose class sets a colour and a stripe orientation, plus noise: for tests."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_images) % num_classes
+    colours = torch.rand(num_classes, 3, 1, 1, generator=generator)
+    angles = torch.arange(num_classes) * torch.pi / num_classes
+    coords = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    stripes = torch.sin(
+        6
+        * (
+            xx[None] * torch.cos(angles)[:, None, None]
+            + yy[None] * torch.sin(angles)[:, None, None]
+        )
+    )
+    base = colours * (0.6 + 0.4 * stripes[:, None])  # (K, 3, S, S)
+    noise = 0.15 * torch.randn(num_images, 3, size, size, generator=generator)
+    images = ((base[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+    return InMemoryImages(images, labels, [f"class{k}" for k in range(num_classes)])
+
+
+def load_cifar(root: str | Path, split: str, classes: int = 10) -> InMemoryImages:
+    """CIFAR-10/100 from torchvision's python-pickle layout under ``root`` (never downloaded)."""
+    dataset_cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+    train = _check_split(split, ("train", "test")) == "train"
+    try:
+        dataset = dataset_cls(str(root), train=train, download=False)
+    except RuntimeError:
+        folder = Path(root) / dataset_cls.base_folder
+        raise FileNotFoundError(
+            f"CIFAR-{classes} not found: expected the python version in {folder} "
+            f"({', '.join(name for name, _ in (dataset_cls.train_list if train else dataset_cls.test_list))}); "
+            "nothing is downloaded"
+        ) from None
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    return InMemoryImages(images, torch.tensor(dataset.targets), list(dataset.classes))
+
+
+def load_stl10(root: str | Path, split: str) -> InMemoryImages:
+    """STL-10 from torchvision's binary layout under ``root``; ``unlabeled`` images have label -1."""
+    split = _check_split(split, ("train", "test", "unlabeled", "train+unlabeled"))
+    try:
+        dataset = torchvision.datasets.STL10(str(root), split=split, download=False)
+    except RuntimeError:
+        folder = Path(root) / torchvision.datasets.STL10.base_folder
+        raise FileNotFoundError(
+            f"STL-10 not found: expected the binary files in {folder}; nothing is downloaded"
+        ) from None
+    return InMemoryImages(
+        torch.from_numpy(dataset.data), torch.from_numpy(dataset.labels), list(dataset.classes)
+    )
+
+
+def build_dataset(
+    config: DatasetConfig, split: str = "train"
+) -> InMemoryImages | ImageFolderImages:
+    """The images a ``DatasetConfig`` names, for ``split`` (train, test/val, or STL-10's splits)."""
+    name = config.name
+    if name == "digits":
+        return load_digits_split(split)
+    if name == "synthetic":
+        seed = {"train": 0, "test": 1}[_check_split(split, ("train", "test"))]
+        return make_synthetic(
+            config.synthetic_images, config.synthetic_classes, config.view_size, seed
+        )
+    assert config.root is not None  # DatasetConfig requires a root for every other set
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(config.root, split, classes=int(name.removeprefix("cifar")))
+    if name == "stl10":
+        return load_stl10(config.root, split)
+    folder = Path(config.root)
+    if name == "imagenet":
+        folder = (
+            folder
+            / {"train": "train", "val": "val", "test": "val"}[
+                _check_split(split, ("train", "val", "test"))
+            ]
+        )
+    return ImageFolderImages(folder, max_side=config.max_side, on_error=config.on_error)
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> str:
+    if split not in allowed:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(allowed)}")
+    return split
