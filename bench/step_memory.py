@@ -73,7 +73,9 @@ def measure(contender: str, pairs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=1024)
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,7 +87,15 @@ def main() -> None:
     print("|---|---|---|---|")
     for contender in CONTENDERS:
         output = subprocess.run(
-            [sys.executable, "-m", "bench.step_memory", "--pairs", str(args.pairs), "--one", contender],
+            [
+                sys.executable,
+                "-m",
+                "bench.step_memory",
+                "--pairs",
+                str(args.pairs),
+                "--one",
+                contender,
+            ],
             check=True,
             capture_output=True,
             text=True,

@@ -46,7 +46,9 @@ def make_step(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -79,8 +81,12 @@ def main() -> None:
     peak = matmul_flops_per_second()
     baseline = median(rates["lightly NTXentLoss + LARS"])
     print(f"# {machine_summary()}; ResNet-18 CIFAR stem, {args.pairs} pairs of 32-px views")
-    print(f"# step FLOPs (forward + backward) {step_flops / 1e9:.1f} GFLOP; fp32 matmul rate {peak / 1e9:.0f} GFLOP/s")
-    print("| step | pairs/s (median) | min-max | ratio to lightly | achieved GFLOP/s | fraction of matmul rate |")
+    print(
+        f"# step FLOPs (forward + backward) {step_flops / 1e9:.1f} GFLOP; fp32 matmul rate {peak / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        "| step | pairs/s (median) | min-max | ratio to lightly | achieved GFLOP/s | fraction of matmul rate |"
+    )
     print("|---|---|---|---|---|---|")
     for name, values in rates.items():
         rate = median(values)

@@ -143,22 +143,23 @@ def test_crop_matches_torchvision_resized_crop():
     images = torch.rand(2, 3, 30, 40)
     boxes = torch.tensor(
         [
-            [4.0, 2.0, 24.0, 27.0],
-            [10.0, 0.0, 40.0, 30.0],
-            [0.0, 5.0, 12.0, 17.0],
-            [7.0, 3.0, 19.0, 15.0],
+            [[4.0, 2.0, 24.0, 27.0], [10.0, 0.0, 40.0, 30.0]],
+            [[0.0, 5.0, 12.0, 17.0], [7.0, 3.0, 19.0, 15.0]],
         ]
     )
-    flip = torch.tensor([False, False, True, False])
+    flip = torch.tensor([[False, False], [True, False]])
     sizes = torch.tensor([[30, 40], [30, 40]])
     out = two_crops(images, sizes, boxes, flip, 16)
-    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
-        expected = TF.resized_crop(
-            images[i % 2], y1, x1, y2 - y1, x2 - x1, [16, 16], antialias=False
-        )
-        if flip[i]:
-            expected = expected.flip(-1)
-        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+    assert out.shape == (2, 2, 3, 16, 16)
+    for i in range(2):
+        for v in range(2):
+            x1, y1, x2, y2 = boxes[i, v].int().tolist()
+            expected = TF.resized_crop(
+                images[i], y1, x1, y2 - y1, x2 - x1, [16, 16], antialias=False
+            )
+            if flip[i, v]:
+                expected = expected.flip(-1)
+            torch.testing.assert_close(out[i, v], expected, atol=1e-5, rtol=0)
 
 
 def test_crops_stay_inside_the_valid_region_of_a_padded_canvas():
