@@ -1,14 +1,11 @@
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from tests.distributed import run_on_ranks
 from trainer.losses import nt_xent
 
 
@@ -81,31 +78,17 @@ def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _worker(rank: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    try:
-        model = nn.parallel.DistributedDataParallel(_model())
-        x_a, x_b = _global_batch()
-        local = slice(rank * LOCAL_N, (rank + 1) * LOCAL_N)
-        loss = nt_xent(model(x_a[local]), model(x_b[local]), 0.1)
-        loss.backward()
-        results[rank] = (loss.item(), [p.grad.clone() for p in model.parameters()])
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_loss_and_grads(rank: int, world: int):
+    model = nn.parallel.DistributedDataParallel(_model())
+    x_a, x_b = _global_batch()
+    local = slice(rank * LOCAL_N, (rank + 1) * LOCAL_N)
+    loss = nt_xent(model(x_a[local]), model(x_b[local]), 0.1)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
 
 
 def test_distributed_loss_and_gradients_equal_single_process_over_global_batch():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    results = run_on_ranks(_rank_loss_and_grads, WORLD)
 
     model = _model()
     x_a, x_b = _global_batch()

@@ -108,6 +108,11 @@ class SimCLRConfig(StrictModel):
         description="stop after this many steps (smoke runs); the schedule still spans all epochs",
     )
     temperature: float = Field(default=0.1, gt=0)
+    chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="gradient cache: embed at most this many views at a time; exact NT-Xent over the whole batch",
+    )
     precision: Literal["fp32", "bf16"] = "fp32"
     compile_model: bool = False
     seed: int = 0

@@ -31,7 +31,7 @@ class _AllGatherSumGrad(torch.autograd.Function):
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
         world = dist.get_world_size()
         gathered = z.new_empty((world * z.shape[0], *z.shape[1:]))
-        dist.all_gather_into_tensor(gathered, z.contiguous())
+        dist.all_gather_single(gathered, z.contiguous())
         return gathered
 
     @staticmethod
@@ -40,7 +40,7 @@ class _AllGatherSumGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend() == "nccl":
             local = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+            dist.reduce_scatter_single(local, grad, op=dist.ReduceOp.SUM)
             return local
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad.chunk(world)[rank].contiguous()

@@ -1,0 +1,36 @@
+"""Run a function on N gloo processes of this machine and collect what each rank returns."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable[[int, int], Any], results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        results[rank] = fn(rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_ranks(fn: Callable[[int, int], Any], world: int = 2) -> list[Any]:
+    """``fn(rank, world)`` on ``world`` processes under an initialised gloo group; results by rank.
+    ``fn`` must be a module-level function (it is pickled)."""
+    results = mp.Manager().dict()
+    mp.spawn(_entry, args=(world, _free_port(), fn, results), nprocs=world, join=True)
+    return [results[rank] for rank in range(world)]

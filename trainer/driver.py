@@ -1,0 +1,111 @@
+"""Run one training job as a Ray Train run on a Ray cluster.
+
+    python -m trainer.driver --spec job.json
+
+The control plane starts this as a Ray Job; it also works by hand against any cluster
+(``RAY_ADDRESS``, or a local one when none is set). The run is named after the job id under
+``spec.storage_path``: a worker that dies makes Ray Train restart the worker group from the latest
+checkpoint (up to ``max_failures`` times), and relaunching the same spec after the driver itself
+died resumes from that checkpoint too (Ray Train V2 semantics).
+
+Ray 2.60 clusters require token authentication by default. The driver does not change that: it
+uses ``RAY_AUTH_TOKEN`` or the token file (``~/.ray/auth_token``) as Ray does, and says so when a
+cluster refuses it. The Ray dashboard lists Train runs only when the driver runs with
+``RAY_TRAIN_ENABLE_STATE_TRACKING=1``; the driver turns it on unless it is set to something else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from trainer.spec import JobSpec
+
+log = logging.getLogger("trainer.driver")
+
+
+def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs: the shared SimCLR loop on a ``RaySession``."""
+    from trainer.loop import run_simclr
+    from trainer.ray_session import RaySession
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    spec = JobSpec.model_validate(loop_config["spec"])
+    session = RaySession(spec.job_id, metrics_dir=loop_config.get("metrics_dir"))
+    run_simclr(spec.config, session, progress=False)
+
+
+def build_trainer(spec: JobSpec):
+    """The ``TorchTrainer`` for ``spec``: its scaling, storage, failure and checkpoint settings."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = spec.resources
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    storage = spec.storage_path
+    local_storage = "://" not in storage
+    if local_storage:
+        storage = str(Path(storage).resolve())
+    metrics_dir = str(Path(storage) / spec.job_id) if local_storage else None
+    return TorchTrainer(
+        simclr_worker_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "metrics_dir": metrics_dir},
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker=per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=spec.job_id,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
+        ),
+    )
+
+
+def run(spec: JobSpec):
+    """Connect to the cluster, run the job to completion, and return Ray Train's ``Result``."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"cannot connect to the Ray cluster at {os.environ.get('RAY_ADDRESS', 'auto')}: {error}. "
+                "Ray 2.60 clusters require token authentication: set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or put the cluster's token in ~/.ray/auth_token)."
+            ) from error
+    trainer = build_trainer(spec)
+    log.info(
+        "job %s: %s on %d worker(s) (%s), storage %s",
+        spec.job_id, spec.kind, spec.resources.num_workers,
+        "GPU" if spec.resources.use_gpu else "CPU", spec.storage_path,
+    )  # fmt: skip
+    result = trainer.fit()
+    log.info("job %s finished: %s, checkpoint %s", spec.job_id, result.metrics, result.checkpoint)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one training job on a Ray cluster.")
+    parser.add_argument("--spec", required=True, help="JSON file of a JobSpec")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run(JobSpec.from_file(args.spec))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The SimCLR training loop, written once for every runner (see ``trainer.session``).
+
+Per step: the global learning rate from the schedule, this rank's slice of the global batch, the
+batched augmentation on the rank's device, one forward pass over both views, NT-Xent with negatives
+from the global batch (or the gradient cache when ``chunk_size`` is set), backward and the
+optimiser step. Metrics every ``log_every_steps``; checkpoints every ``checkpoint_every_steps``, at
+each epoch end and at the last step. A resumed run continues at the saved step with the saved
+optimiser, data order and random state, so its learning rates and updates are those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from trainer.checkpoint import rng_state, set_rng_state
+from trainer.config import SimCLRConfig
+from trainer.data.datasets import build_dataset
+from trainer.data.loader import EpochBatches, iterate_batches, steps_per_epoch
+from trainer.gradient_cache import gradient_cache_backward
+from trainer.optim import set_learning_rate
+from trainer.session import TrainingSession
+from trainer.simclr import (
+    LearningRateSchedule,
+    autocast_for,
+    build_augment,
+    build_model,
+    build_optimizer,
+    simclr_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    steps: int
+    final_loss: float
+    learning_rates: list[float] = field(default_factory=list)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_ranks_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (all ranks must call this)."""
+    if not _distributed():
+        return [rng_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def _mean_over_ranks(value: torch.Tensor) -> float:
+    if _distributed():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()
+
+
+def run_simclr(
+    config: SimCLRConfig,
+    session: TrainingSession,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train (or resume) until the schedule's last step, ``config.max_steps``, or ``stop_after``
+    steps in this call, whichever comes first."""
+    device, rank, world = session.device, session.rank, session.world_size
+    if config.batch_size % world:
+        raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
+    if config.precision == "bf16" and device.type != "cuda":
+        log.warning("precision bf16 needs CUDA; running in fp32 on %s", device)
+
+    dataset = build_dataset(config.dataset, "train")
+    per_epoch = steps_per_epoch(len(dataset), config.batch_size)
+    schedule = LearningRateSchedule(config, per_epoch)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = build_model(config)
+    state = session.restore()
+    if state is not None:
+        model.backbone.load_state_dict(state["backbone"])
+        model.head.load_state_dict(state["head"])
+    net = model
+    model = session.prepare_model(model)
+    forward = torch.compile(model) if config.compile_model else model
+    optimizer = build_optimizer(model, config)
+    augment = build_augment(config)
+    step = 0
+    torch.manual_seed(config.seed + 1 + rank)  # independent augmentations on every rank
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        saved_rng = state["rng"]
+        if len(saved_rng) == world:
+            set_rng_state(saved_rng[rank])
+        else:
+            log.warning(
+                "checkpoint from %d workers resumed on %d: augmentation RNG reseeded",
+                len(saved_rng),
+                world,
+            )
+            torch.manual_seed(config.seed + 1 + rank + step)
+        log.info("rank %d resumed at step %d", rank, step)
+
+    last_step = min(schedule.total_steps, config.max_steps or math.inf)
+    if stop_after is not None:
+        last_step = min(last_step, step + stop_after)
+    if rank == 0:
+        log.info(
+            "SimCLR on %s: %d images, global batch %d over %d workers, %d steps/epoch, "
+            "steps %d..%d of %d, peak lr %.4g, device %s",
+            config.dataset.name, len(dataset), config.batch_size, world, per_epoch,
+            step, last_step, schedule.total_steps, schedule.peak, device,
+        )  # fmt: skip
+
+    def checkpoint_state(loss: float) -> dict[str, Any] | None:
+        """The state after ``step`` steps (rank 0), or None; every rank must call it."""
+        rngs = _all_ranks_rng_states()
+        if rank != 0:
+            return None
+        epoch, batch_in_epoch = divmod(step, per_epoch)
+        return {
+            "kind": "simclr",
+            "config": config.model_dump(mode="json"),
+            "backbone": net.backbone.state_dict(),
+            "head": net.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "world_size": world,
+            "rng": rngs,
+            "loss": loss,
+        }
+
+    model.train()
+    learning_rates: list[float] = []
+    loss_value = float("nan")
+    bar = tqdm(
+        total=last_step,
+        initial=step,
+        disable=not progress or rank != 0,
+        unit="step",
+        mininterval=1.0,
+    )
+    window_start, window_images = time.perf_counter(), 0
+    while step < last_step:
+        epoch, first_batch = divmod(step, per_epoch)
+        batches = EpochBatches(
+            len(dataset), config.batch_size, seed=config.seed, epoch=epoch,
+            rank=rank, world_size=world, start_batch=first_batch,
+        )  # fmt: skip
+        for batch in iterate_batches(dataset, batches, config.dataset.loader_workers):
+            if step >= last_step:
+                break
+            if batch.skipped:
+                log.warning(
+                    "rank %d step %d: %d unreadable images skipped", rank, step, batch.skipped
+                )
+            lr = schedule(step)
+            set_learning_rate(optimizer, lr)
+            images = batch.images.to(device, non_blocking=True)
+            sizes = batch.sizes.to(device) if batch.sizes is not None else None
+            optimizer.zero_grad(set_to_none=True)
+            if config.chunk_size:
+                view_a, view_b = augment(images, sizes)
+                loss = gradient_cache_backward(
+                    forward, view_a, view_b, config.temperature, config.chunk_size,
+                    lambda: autocast_for(config.precision, device),
+                )  # fmt: skip
+            else:
+                loss = simclr_loss(
+                    forward, augment, images, sizes, config.temperature, config.precision
+                )
+                loss.backward()
+            optimizer.step()
+            step += 1
+            learning_rates.append(lr)
+            window_images += images.shape[0] * world
+            bar.update(1)
+            periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            save = step % per_epoch == 0 or periodic or step == last_step
+            if step % config.log_every_steps == 0 or save:
+                loss_value = _mean_over_ranks(loss)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"loss became {loss_value} at step {step} (lr {lr:.4g})"
+                    )
+                rate = window_images / (time.perf_counter() - window_start)
+                metrics = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "images_per_s": rate,
+                }
+                session.report(metrics, checkpoint_state(loss_value) if save else None)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+                window_start, window_images = time.perf_counter(), 0
+    bar.close()
+    return RunResult(step, loss_value, learning_rates)

@@ -1,0 +1,84 @@
+"""``TrainingSession`` for one rank of a Ray Train worker group.
+
+Checkpoints go through ``ray.train.report(metrics, checkpoint=...)`` (rank 0 writes the state into a
+temporary directory; every rank reports, as Ray Train requires) and come back from
+``ray.train.get_checkpoint()`` after a restart. Metrics are also exported as Prometheus gauges
+through ``ray.util.metrics`` (tagged with the job id), so they appear in the Ray dashboard, and
+appended by rank 0 to ``<storage>/<job id>/metrics.jsonl``: Ray Train keeps only the metrics that
+come with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.util.metrics import Gauge
+from torch import nn
+
+from trainer.checkpoint import load_checkpoint, save_atomic
+from trainer.global_bn import convert_to_global_batch_norm
+
+CHECKPOINT_FILE = "state.pt"
+_GAUGES = {
+    "loss": "NT-Xent loss of the global batch",
+    "lr": "learning rate",
+    "images_per_s": "images per second over all workers",
+    "step": "optimiser steps done",
+    "epoch": "current epoch",
+}
+
+
+class RaySession:
+    def __init__(self, job_id: str, metrics_dir: str | Path | None):
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.job_id = job_id
+        self.metrics_file = Path(metrics_dir) / "metrics.jsonl" if metrics_dir else None
+        self._gauges = (
+            {
+                name: Gauge(f"simclr_{name}", description, tag_keys=("job_id",))
+                for name, description in _GAUGES.items()
+            }
+            if self.rank == 0
+            else {}
+        )
+
+    def restore(self) -> dict[str, Any] | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory) / CHECKPOINT_FILE, map_location=self.device)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Global batch norm across ranks (the paper's), then DDP through Ray Train."""
+        if self.world_size > 1:
+            model = convert_to_global_batch_norm(model)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
+        for name, gauge in self._gauges.items():
+            gauge.set(metrics[name], tags={"job_id": self.job_id})
+        if self.rank == 0 and self.metrics_file is not None:
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.metrics_file.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="simclr-checkpoint-") as directory:
+            save_atomic(state, Path(directory) / CHECKPOINT_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(
+                metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{state['step']:08d}"
+            )

@@ -1,0 +1,52 @@
+"""The typed spec of one training job, shared by the control plane (which writes it) and the job
+driver (which runs it). pydantic only: never torch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from trainer.config import SimCLRConfig, StrictModel
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class Resources(StrictModel):
+    """The Ray Train worker group: ``num_workers`` ranks, each with these resources."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0, description="used only when use_gpu")
+
+
+class JobSpec(StrictModel):
+    """One job: ``job_id`` names the Ray Train run, so relaunching a job resumes it from its
+    latest checkpoint under ``storage_path/<job_id>``."""
+
+    job_id: str
+    kind: Literal["simclr"] = "simclr"
+    config: SimCLRConfig = Field(default_factory=SimCLRConfig)
+    resources: Resources = Field(default_factory=Resources)
+    storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
+    max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")
+
+    @field_validator("job_id")
+    @classmethod
+    def _safe_job_id(cls, value: str) -> str:
+        if not JOB_ID_PATTERN.match(value):
+            raise ValueError(
+                "job_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobSpec:
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"job spec not found: {path}") from None
