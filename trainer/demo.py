@@ -8,7 +8,6 @@ raw pixels, on the fixed digits test split, and prints the three top-1 figures s
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.config import load_config
 from trainer.data.datasets import build_dataset
 from trainer.linear_probe import extract_features, train_linear_probe
+from trainer.log import configure_logging
 from trainer.pretrain import pretrain
 from trainer.simclr import build_model
 
@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         "--output-dir", default=None, help="keep checkpoints here (default: a temporary directory)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     config = load_config(args.config)
 

@@ -22,6 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from trainer.log import configure_logging
 from trainer.spec import JobSpec
 
 log = logging.getLogger("trainer.driver")
@@ -32,9 +35,7 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
     from trainer.loop import run_simclr
     from trainer.ray_session import RaySession
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
     session = RaySession(spec.job_id, metrics_dir=loop_config.get("metrics_dir"))
     run_simclr(spec.config, session, progress=False)
@@ -101,10 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one training job on a Ray cluster.")
     parser.add_argument("--spec", required=True, help="JSON file of a JobSpec")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    run(JobSpec.from_file(args.spec))
+    configure_logging()
+    try:
+        spec = JobSpec.from_file(args.spec)
+    except (FileNotFoundError, ValidationError) as error:
+        parser.exit(2, f"error: {error}\n")
+    try:
+        run(spec)
+    except ConnectionError as error:
+        parser.exit(3, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ network can use that leak to find positives. PyTorch's ``SyncBatchNorm`` runs on
 DDP refuses it on the CPU), so this module does the same with two all-reduces of per-channel sums
 in the forward pass and one in the backward pass, which gloo and NCCL both provide.
 
-Forward over the global batch of M values per channel (all ranks):
-    mu = sum(x) / M,  var = sum((x - mu)^2) / M  (two passes, stable),  xhat = (x - mu) / sqrt(var + eps)
+Forward over the global batch of M values per channel (all ranks), in one all-reduce of
+(sum(d), sum(d^2), M) with d = x - c, c a shift equal on every rank (the running mean, which global
+statistics keep identical everywhere; subtracting it avoids the cancellation of E[x^2] - E[x]^2):
+    mu = c + sum(d) / M,  var = sum(d^2) / M - (sum(d) / M)^2,  xhat = (x - mu) / sqrt(var + eps)
     y = gamma * xhat + beta
 Backward, for the gradient dy that reaches this rank's outputs:
     dx = gamma / sqrt(var + eps) * (dy - mean_global(dy) - xhat * mean_global(dy * xhat))
@@ -33,20 +35,24 @@ def _channel_shape(x: torch.Tensor) -> list[int]:
 
 class _GlobalBatchNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, shift, eps):
         dims, shape = _channel_dims(x), _channel_shape(x)
-        xf = x.float()
         channels = x.shape[1]
-        sums = torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / channels])])
+        shifted = x.float() - shift.float().view(shape)
+        sums = torch.cat(
+            [
+                shifted.sum(dims),
+                shifted.pow(2).sum(dims),
+                shifted.new_tensor([x.numel() / channels]),
+            ]
+        )
         dist.all_reduce(sums)
         count = sums[-1]
-        mean = sums[:channels] / count
-        centered = xf - mean.view(shape)
-        var = centered.pow(2).sum(dims)
-        dist.all_reduce(var)
-        var /= count
+        mean_shifted = sums[:channels] / count
+        var = (sums[channels : 2 * channels] / count - mean_shifted.pow(2)).clamp_(min=0)
+        mean = shift.float() + mean_shifted
         invstd = torch.rsqrt(var + eps)
-        xhat = centered * invstd.view(shape)
+        xhat = (shifted - mean_shifted.view(shape)) * invstd.view(shape)
         out = xhat * weight.float().view(shape) + bias.float().view(shape)
         ctx.mark_non_differentiable(mean, var, count)
         ctx.save_for_backward(xhat, invstd, weight, count)
@@ -70,6 +76,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
             grad_weight.to(weight.dtype),
             grad_bias.to(weight.dtype),
             None,
+            None,
         )
 
 
@@ -89,7 +96,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         weight = self.weight if self.weight is not None else x.new_ones(x.shape[1])
         bias = self.bias if self.bias is not None else x.new_zeros(x.shape[1])
-        out, mean, var, count = _GlobalBatchNormFunction.apply(x, weight, bias, self.eps)
+        shift = self.running_mean if self.track_running_stats else x.new_zeros(x.shape[1])
+        out, mean, var, count = _GlobalBatchNormFunction.apply(
+            x, weight, bias, shift.detach(), self.eps
+        )
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

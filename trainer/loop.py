@@ -205,6 +205,7 @@ def run_simclr(
                     "loss": loss_value,
                     "lr": lr,
                     "images_per_s": rate,
+                    "time": time.time(),
                 }
                 session.report(metrics, checkpoint_state(loss_value) if save else None)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")

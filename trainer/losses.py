@@ -73,8 +73,9 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
     n = z_a.shape[0]
     z_a = F.normalize(z_a.float(), dim=1)
     z_b = F.normalize(z_b.float(), dim=1)
-    all_a, offset, world = _gather_with_grad(z_a)
-    all_b, _, _ = _gather_with_grad(z_b)
+    # one collective for both views: gather the (n, 2d) rows [z_a | z_b]
+    gathered, offset, world = _gather_with_grad(torch.cat([z_a, z_b], dim=1))
+    all_a, all_b = gathered.split(z_a.shape[1], dim=1)
     big_n = n * world
     columns = torch.cat([all_a, all_b])  # (2N, d): all first views, then all second views
     anchors = torch.cat([z_a, z_b])  # (2n, d): this rank's rows of ``columns``

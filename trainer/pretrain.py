@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import SimCLRConfig, load_config
+from trainer.log import configure_logging
 from trainer.loop import RunResult, run_simclr
 from trainer.session import LocalSession
 
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = load_config(args.config)
+    configure_logging()
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        parser.exit(2, f"error: {error}\n")
     output_dir = args.output_dir or Path("runs") / Path(args.config).stem
     result = pretrain(config, output_dir, args.device)
     log.info(

@@ -64,7 +64,10 @@ class RaySession:
             model = convert_to_global_batch_norm(model)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        return ray.train.torch.prepare_model(model)
+        # Global statistics keep the BN buffers equal on every rank: no per-step broadcast needed.
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"broadcast_buffers": False}
+        )
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         for name, gauge in self._gauges.items():
