@@ -20,8 +20,8 @@ for every image and every view, with no Python loop over images. It follows the 
 The colour operations run on the subset of views that draws each one, so their cost is what the
 probabilities say. On the CPU the batch is processed in chunks of ``chunk_size`` images so that
 intermediates stay in cache. ``compile=True`` fuses each colour and grayscale operation, with the
-gather and scatter of its subset, into one kernel with ``torch.compile`` (dynamic batch dimension: compiled once
-per process, plus a specialisation for subsets of one view).
+gather and scatter of its subset, into one kernel with ``torch.compile`` (dynamic batch dimension:
+compiled once per process, plus a specialisation for subsets of one view).
 """
 
 from __future__ import annotations
