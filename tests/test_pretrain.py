@@ -91,3 +91,8 @@ def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
     )
     result = pretrain(config, tmp_path / "run", progress=False)
     assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_gradient_cache_runs_in_the_loop(tmp_path):
+    result = pretrain(small_config(chunk_size=8, max_steps=3), tmp_path, progress=False)
+    assert result.steps == 3 and torch.isfinite(torch.tensor(result.final_loss))

@@ -34,6 +34,7 @@ from trainer.simclr import (
     build_augment,
     build_model,
     build_optimizer,
+    model_layout,
     simclr_loss,
 )
 
@@ -175,7 +176,7 @@ def run_simclr(
             sizes = batch.sizes.to(device) if batch.sizes is not None else None
             optimizer.zero_grad(set_to_none=True)
             if config.chunk_size:
-                view_a, view_b = augment(images, sizes)
+                view_a, view_b = (model_layout(view) for view in augment(images, sizes))
                 loss = gradient_cache_backward(
                     forward, view_a, view_b, config.temperature, config.chunk_size,
                     lambda: autocast_for(config.precision, device),

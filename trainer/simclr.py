@@ -66,6 +66,11 @@ def autocast_for(precision: str, device: torch.device):
     return nullcontext()
 
 
+def model_layout(views: torch.Tensor) -> torch.Tensor:
+    """Views in the memory layout the convolutions are fastest in: channels-last on CUDA."""
+    return views.contiguous(memory_format=torch.channels_last) if views.is_cuda else views
+
+
 def simclr_loss(
     model: nn.Module,
     augment: SimCLRAugment,
@@ -77,9 +82,7 @@ def simclr_loss(
     """Augment a uint8 batch into two views on its device, embed both in one forward pass (batch
     statistics over all 2n views, as in the official code), and return the NT-Xent loss."""
     view_a, view_b = augment(images, sizes)
-    views = torch.cat([view_a, view_b])
-    if views.is_cuda:
-        views = views.contiguous(memory_format=torch.channels_last)
+    views = model_layout(torch.cat([view_a, view_b]))
     with autocast_for(precision, views.device):
         z = model(views)
     z_a, z_b = z.chunk(2)
