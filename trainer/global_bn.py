@@ -3,7 +3,7 @@
 SimCLR normalises with statistics of all devices' examples (paper section 2, "global BN"): with
 per-device statistics the two views of an image, which sit on the same device, share them, and the
 network can use that leak to find positives. PyTorch's ``SyncBatchNorm`` runs on CUDA only (and
-DDP refuses it on the CPU), so this module does the same with two all-reduces of per-channel sums
+DDP refuses it on the CPU), so this module does the same with one all-reduce of per-channel sums
 in the forward pass and one in the backward pass, which gloo and NCCL both provide.
 
 Forward over the global batch of M values per channel (all ranks), in one all-reduce of
@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from trainer.distributed import is_distributed
 
 
 def _channel_dims(x: torch.Tensor) -> list[int]:
@@ -91,8 +93,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if not (self.training and distributed):
+        if not (self.training and is_distributed()):
             return super().forward(x)
         weight = self.weight if self.weight is not None else x.new_ones(x.shape[1])
         bias = self.bias if self.bias is not None else x.new_zeros(x.shape[1])

@@ -25,6 +25,7 @@ from trainer.checkpoint import rng_state, set_rng_state
 from trainer.config import SimCLRConfig
 from trainer.data.datasets import build_dataset
 from trainer.data.loader import EpochBatches, iterate_batches, steps_per_epoch
+from trainer.distributed import is_distributed
 from trainer.gradient_cache import gradient_cache_backward
 from trainer.optim import set_learning_rate
 from trainer.session import TrainingSession
@@ -48,13 +49,9 @@ class RunResult:
     learning_rates: list[float] = field(default_factory=list)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _all_ranks_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (all ranks must call this)."""
-    if not _distributed():
+    if not is_distributed():
         return [rng_state()]
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, rng_state())
@@ -62,7 +59,7 @@ def _all_ranks_rng_states() -> list[dict[str, Any]]:
 
 
 def _mean_over_ranks(value: torch.Tensor) -> float:
-    if _distributed():
+    if is_distributed():
         value = value.detach().clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()
@@ -93,6 +90,8 @@ def run_simclr(
     if state is not None:
         model.backbone.load_state_dict(state["backbone"])
         model.head.load_state_dict(state["head"])
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # the layout of ``model_layout`` views
     net = model
     model = session.prepare_model(model)
     forward = torch.compile(model) if config.compile_model else model

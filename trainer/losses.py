@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainer.distributed import is_distributed
+
 
 class _AllGatherSumGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward returns, to each rank, the SUM over ranks of the
@@ -48,7 +50,7 @@ class _AllGatherSumGrad(torch.autograd.Function):
 
 def _gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """All ranks' rows of ``z`` stacked in rank order, the local offset into them, and the world size."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return z, 0, 1
     return _AllGatherSumGrad.apply(z), dist.get_rank() * z.shape[0], dist.get_world_size()
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
-import torch
 from ray.util.metrics import Gauge
 from torch import nn
 
@@ -62,8 +61,6 @@ class RaySession:
         """Global batch norm across ranks (the paper's), then DDP through Ray Train."""
         if self.world_size > 1:
             model = convert_to_global_batch_norm(model)
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
         # Global statistics keep the BN buffers equal on every rank: no per-step broadcast needed.
         return ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"broadcast_buffers": False}

@@ -32,7 +32,8 @@ class TrainingSession(Protocol):
         """The newest checkpoint's state, or None for a fresh run."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device and wrap it for data parallelism where there is any."""
+        """Move ``model`` to the device (keeping its memory format) and wrap it for data
+        parallelism where there is any."""
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         """Record ``metrics``; when ``state`` is given (rank 0 only), also persist it as a checkpoint.
@@ -58,8 +59,7 @@ class LocalSession:
         return load_checkpoint(self.last_checkpoint, map_location=self.device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.device.type == "cuda" else model
+        return model.to(self.device)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
