@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-local test lint bench bench-service clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(BENCH_STAMP): $(STAMP)
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PYTHON) -m services.demo
+
+demo-local: $(STAMP)
 	$(PYTHON) -m trainer.demo
 
 test: $(STAMP)
@@ -35,5 +38,8 @@ bench: $(BENCH_STAMP)
 	$(PYTHON) -m bench.train_step
 	$(PYTHON) -m bench.step_memory
 
+bench-service: $(STAMP)
+	$(PYTHON) -m bench.service_latency
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs .simclr

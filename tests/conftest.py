@@ -13,11 +13,73 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole test session (starting one takes seconds), bound to
-    loopback. Token authentication stays on, as Ray 2.60 sets it up."""
-    ray = pytest.importorskip("ray")
+def ray_head(tmp_path_factory):
+    """One Ray head for the whole test session (starting one takes seconds), with its dashboard
+    and job API on a free loopback port. Token authentication stays on, as Ray 2.60 sets it up."""
+    from services.ray_head import free_port, start_head
+
+    head = start_head(tmp_path_factory.mktemp("ray-head"), dashboard_port=free_port(), num_cpus=4)
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This process connected to the session's Ray head as a driver."""
+    import ray
+
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address=ray_head.gcs_address, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+POSTGRES_URL = os.environ.get(
+    "SIMCLR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_schema_url(schema: str) -> str:
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a schema of its own on the PostgreSQL server
+    (skipped, saying so, only where no server answers)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'simclr.db'}"
+        return
+    import uuid
+
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        connection = engine.connect()
+    except sqlalchemy.exc.OperationalError as error:
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}: {error.orig}")
+    schema = f"simclr_test_{uuid.uuid4().hex[:12]}"
+    with connection:
+        connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        connection.commit()
+    try:
+        yield _postgres_schema_url(schema)
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+            connection.commit()
+        engine.dispose()
+
+
+@pytest.fixture
+def store(database_url):
+    """The service's store over a fresh, migrated database."""
+    from services.store.db import make_engine, migrate
+    from services.store.store import Store
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield Store(engine)
+    engine.dispose()

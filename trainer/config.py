@@ -52,6 +52,11 @@ class DatasetConfig(StrictModel):
         default="skip", description="an unreadable image: fail, or skip it and count it"
     )
     loader_workers: int = Field(default=4, ge=0, description="decoding processes for image folders")
+    class_list: str | None = Field(
+        default=None,
+        description="imagenet/imagefolder: a file of class folder names, one per line (ImageNet-100 "
+        "or any subset); labels follow the file's order",
+    )
     synthetic_images: int = Field(default=2048, ge=1)
     synthetic_classes: int = Field(default=10, ge=2)
 
@@ -59,11 +64,19 @@ class DatasetConfig(StrictModel):
     def _root_when_needed(self) -> DatasetConfig:
         if self.name not in ("digits", "synthetic") and not self.root:
             raise ValueError(f"dataset {self.name!r} needs a 'root' directory")
+        if self.class_list and self.name not in ("imagenet", "imagefolder"):
+            raise ValueError(f"class_list applies to imagenet and imagefolder, not {self.name!r}")
         return self
 
     @property
     def view_size(self) -> int:
         return self.image_size or DEFAULT_IMAGE_SIZE[self.name]
+
+    @property
+    def eval_crop_fraction(self) -> float:
+        """The test view's crop: ImageNet's "resize 256, centre-crop 224" for photo folders, the
+        whole image for the small sets."""
+        return 0.875 if self.name in ("imagenet", "imagefolder") else 1.0
 
 
 class BackboneConfig(StrictModel):
@@ -95,7 +108,7 @@ class AugmentConfig(StrictModel):
 
 
 class SimCLRConfig(StrictModel):
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    dataset: DatasetConfig = Field(description="required: no data set can be assumed")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -123,8 +136,8 @@ class SimCLRConfig(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1)
 
 
-def load_config(path: str | Path) -> SimCLRConfig:
-    """Read a YAML or JSON file into a ``SimCLRConfig``; errors name the file and the field."""
+def read_mapping(path: str | Path) -> dict:
+    """The mapping a YAML or JSON file holds; errors name the file."""
     import yaml
 
     path = Path(path)
@@ -136,4 +149,9 @@ def load_config(path: str | Path) -> SimCLRConfig:
         raise ValueError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of config fields, not {type(data).__name__}")
-    return SimCLRConfig.model_validate(data)
+    return data
+
+
+def load_config(path: str | Path) -> SimCLRConfig:
+    """Read a YAML or JSON file into a ``SimCLRConfig``; errors name the file and the field."""
+    return SimCLRConfig.model_validate(read_mapping(path))

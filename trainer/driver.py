@@ -1,6 +1,7 @@
 """Run one training job as a Ray Train run on a Ray cluster.
 
     python -m trainer.driver --spec job.json
+    python -m trainer.driver --spec-json '{"job_id": ...}'    (how the service starts it)
 
 The control plane starts this as a Ray Job; it also works by hand against any cluster
 (``RAY_ADDRESS``, or a local one when none is set). The run is named after the job id under
@@ -37,7 +38,7 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
 
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
-    session = RaySession(spec.job_id, metrics_dir=loop_config.get("metrics_dir"))
+    session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
     run_simclr(spec.config, session, progress=False)
 
 
@@ -51,13 +52,14 @@ def build_trainer(spec: JobSpec):
     if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
     storage = spec.storage_path
-    local_storage = "://" not in storage
-    if local_storage:
+    if "://" not in storage:
         storage = str(Path(storage).resolve())
-    metrics_dir = str(Path(storage) / spec.job_id) if local_storage else None
     return TorchTrainer(
         simclr_worker_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "metrics_dir": metrics_dir},
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "run_dir": f"{storage.rstrip('/')}/{spec.job_id}",
+        },
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
@@ -100,11 +102,16 @@ def run(spec: JobSpec):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one training job on a Ray cluster.")
-    parser.add_argument("--spec", required=True, help="JSON file of a JobSpec")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="JSON file of a JobSpec")
+    source.add_argument("--spec-json", help="a JobSpec as JSON text")
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        spec = JobSpec.from_file(args.spec)
+        if args.spec_json is not None:
+            spec = JobSpec.model_validate_json(args.spec_json)
+        else:
+            spec = JobSpec.from_file(args.spec)
     except (FileNotFoundError, ValidationError) as error:
         parser.exit(2, f"error: {error}\n")
     try:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from trainer.artifacts import views_grid_png
 from trainer.checkpoint import rng_state, set_rng_state
 from trainer.config import SimCLRConfig
 from trainer.data.datasets import build_dataset
@@ -64,6 +65,16 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value.item()
+
+
+def _save_views_grid(
+    session: TrainingSession, augment, images: torch.Tensor, sizes: torch.Tensor | None
+) -> None:
+    """``views.png``: augmented pairs of the first batch, drawn on a forked RNG so that the run's
+    random stream is the one it would have without the picture."""
+    with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+        view_a, view_b = augment(images[:8], None if sizes is None else sizes[:8])
+    session.save_artifact("views.png", views_grid_png(view_a, view_b), "image/png")
 
 
 def run_simclr(
@@ -173,6 +184,8 @@ def run_simclr(
             set_learning_rate(optimizer, lr)
             images = batch.images.to(device, non_blocking=True)
             sizes = batch.sizes.to(device) if batch.sizes is not None else None
+            if step == 0 and rank == 0:
+                _save_views_grid(session, augment, images, sizes)
             optimizer.zero_grad(set_to_none=True)
             if config.chunk_size:
                 view_a, view_b = (model_layout(view) for view in augment(images, sizes))

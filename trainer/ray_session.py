@@ -4,8 +4,9 @@ Checkpoints go through ``ray.train.report(metrics, checkpoint=...)`` (rank 0 wri
 temporary directory; every rank reports, as Ray Train requires) and come back from
 ``ray.train.get_checkpoint()`` after a restart. Metrics are also exported as Prometheus gauges
 through ``ray.util.metrics`` (tagged with the job id), so they appear in the Ray dashboard, and
-appended by rank 0 to ``<storage>/<job id>/metrics.jsonl``: Ray Train keeps only the metrics that
-come with a checkpoint.
+appended by rank 0 to ``<storage>/<job id>/metrics.jsonl`` and sent to the service
+(``trainer.control_plane``) with every checkpoint and artifact: Ray Train keeps only the metrics
+that come with a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ray.util.metrics import Gauge
 from torch import nn
 
 from trainer.checkpoint import load_checkpoint, save_atomic
+from trainer.control_plane import ControlPlaneReporter
 from trainer.global_bn import convert_to_global_batch_norm
 
 CHECKPOINT_FILE = "state.pt"
@@ -34,13 +36,18 @@ _GAUGES = {
 
 
 class RaySession:
-    def __init__(self, job_id: str, metrics_dir: str | Path | None):
+    def __init__(self, job_id: str, run_dir: str, keep_checkpoints: int):
+        """``run_dir``: the run's directory on the storage (a path, or a URI for remote storage)."""
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.job_id = job_id
-        self.metrics_file = Path(metrics_dir) / "metrics.jsonl" if metrics_dir else None
+        self.run_dir = run_dir
+        self.keep_checkpoints = keep_checkpoints
+        local = "://" not in run_dir
+        self.metrics_file = Path(run_dir) / "metrics.jsonl" if local and self.rank == 0 else None
+        self.reporter = ControlPlaneReporter.from_env(job_id) if self.rank == 0 else None
         self._gauges = (
             {
                 name: Gauge(f"simclr_{name}", description, tag_keys=("job_id",))
@@ -69,16 +76,29 @@ class RaySession:
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         for name, gauge in self._gauges.items():
             gauge.set(metrics[name], tags={"job_id": self.job_id})
-        if self.rank == 0 and self.metrics_file is not None:
+        if self.metrics_file is not None:
             self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             with self.metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if self.reporter is not None:
+            self.reporter.metrics(metrics)
         if state is None:
             ray.train.report(metrics)
             return
+        name = f"step-{int(metrics['step']):08d}"
         with tempfile.TemporaryDirectory(prefix="simclr-checkpoint-") as directory:
             save_atomic(state, Path(directory) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(
-                metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{state['step']:08d}"
-            )
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        if self.reporter is not None:
+            self.reporter.checkpoint(
+                name, int(metrics["step"]), int(metrics["epoch"]), f"{self.run_dir}/{name}",
+                metrics, self.keep_checkpoints,
+            )  # fmt: skip
+
+    def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        if self.reporter is not None:
+            self.reporter.artifact(name, data, content_type)
+        elif "://" not in self.run_dir:
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.run_dir) / name).write_bytes(data)

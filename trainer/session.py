@@ -39,9 +39,13 @@ class TrainingSession(Protocol):
         """Record ``metrics``; when ``state`` is given (rank 0 only), also persist it as a checkpoint.
         Every rank calls this the same number of times."""
 
+    def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        """Keep a file for people to look at (a plot, a sample grid); rank 0 only."""
+
 
 class LocalSession:
-    """One process: checkpoints in ``<output_dir>/checkpoints``, metrics in ``metrics.jsonl``."""
+    """One process: checkpoints in ``<output_dir>/checkpoints``, metrics in ``metrics.jsonl``,
+    artifacts beside them."""
 
     rank = 0
     world_size = 1
@@ -70,3 +74,7 @@ class LocalSession:
                 state, self.checkpoints / checkpoint_name(state["step"])
             )
             prune_checkpoints(self.checkpoints, self.keep)
+
+    def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / name).write_bytes(data)

@@ -29,7 +29,7 @@ class JobSpec(StrictModel):
 
     job_id: str
     kind: Literal["simclr"] = "simclr"
-    config: SimCLRConfig = Field(default_factory=SimCLRConfig)
+    config: SimCLRConfig
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")

@@ -3,7 +3,8 @@ on the training device.
 
 - ``InMemoryImages``: a uint8 tensor (N, C, H, W) with labels: digits, CIFAR, STL-10, synthetic.
 - ``ImageFolderImages``: the ImageFolder layout (``<root>/<class>/<image>``; ImageNet is
-  ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``), decoded lazily with libjpeg-turbo.
+  ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``), decoded lazily with libjpeg-turbo; a class
+  list (ImageNet-100, any subset) selects and orders the classes.
 
 ``build_dataset(config, split)`` picks one from a ``DatasetConfig``. Nothing is downloaded: a missing
 file is an error that names what is missing and where it was looked for.
@@ -70,14 +71,21 @@ class ImageFolderImages(Dataset):
     function drops it and counts it, and a warning names it); ``"raise"`` raises ``ValueError``.
     """
 
-    def __init__(self, root: str | Path, max_side: int = 384, on_error: str = "skip"):
+    def __init__(
+        self,
+        root: str | Path,
+        max_side: int = 384,
+        on_error: str = "skip",
+        classes: list[str] | None = None,
+    ):
+        """``classes``: the class folders to read, in label order (default: all, sorted)."""
         root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not self.classes:
+        self.classes = classes or class_folders(root)
+        missing = [name for name in self.classes if not (root / name).is_dir()]
+        if missing:
             raise FileNotFoundError(
-                f"image folder {root} has no class sub-directories (expected {root}/<class>/<image>)"
+                f"{len(missing)} of {len(self.classes)} class folders missing under {root}: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
             )
         self.samples: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
@@ -121,6 +129,55 @@ class ImageFolderImages(Dataset):
             log.warning("skipping unreadable image %s: %s", path, error)
             return UnreadableImage(path, str(error)), label
         return pixels, label
+
+
+def class_folders(root: Path) -> list[str]:
+    """The sorted class sub-directories of an ImageFolder root."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"image folder {root} has no class sub-directories (expected {root}/<class>/<image>)"
+        )
+    return classes
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """Class folder names, one per line (blank lines and ``#`` comments ignored)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"class list {path} not found") from None
+    names = [line.split("#", 1)[0].strip() for line in lines]
+    names = [name for name in names if name]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if not names or duplicates:
+        raise ValueError(
+            f"class list {path} "
+            + (f"repeats {', '.join(duplicates)}" if duplicates else "names no class")
+        )
+    return names
+
+
+def split_folders(config: DatasetConfig) -> dict[str, Path]:
+    """``train`` and ``val`` folders of an ImageNet-layout root, checked: both exist and hold the
+    same classes (or every class of the class list)."""
+    assert config.root is not None
+    root = Path(config.root)
+    folders = {"train": root / "train", "val": root / "val"}
+    for split, folder in folders.items():
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{config.name} root {root} has no {split}/ folder ({folder})")
+    if config.class_list is None:
+        train, val = (set(class_folders(folder)) for folder in folders.values())
+        if train != val:
+            only = {"train": sorted(train - val), "val": sorted(val - train)}
+            raise ValueError(
+                f"train and val of {root} hold different classes: "
+                + "; ".join(f"only in {k}: {', '.join(v[:10])}" for k, v in only.items() if v)
+            )
+    return folders
 
 
 def load_digits_split(split: str) -> InMemoryImages:
@@ -219,15 +276,14 @@ def build_dataset(
         return load_cifar(config.root, split, classes=int(name.removeprefix("cifar")))
     if name == "stl10":
         return load_stl10(config.root, split)
+    classes = read_class_list(config.class_list) if config.class_list else None
+    split = _check_split(split, ("train", "val", "test"))
     folder = Path(config.root)
-    if name == "imagenet":
-        folder = (
-            folder
-            / {"train": "train", "val": "val", "test": "val"}[
-                _check_split(split, ("train", "val", "test"))
-            ]
-        )
-    return ImageFolderImages(folder, max_side=config.max_side, on_error=config.on_error)
+    imagenet_layout = (folder / "train").is_dir() and (folder / "val").is_dir()
+    if name == "imagenet" or imagenet_layout or split != "train":
+        # train/ and val/ folders; a plain image folder is a train split by itself
+        folder = split_folders(config)["train" if split == "train" else "val"]
+    return ImageFolderImages(folder, config.max_side, config.on_error, classes)
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> str:

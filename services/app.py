@@ -1,0 +1,47 @@
+"""The FastAPI application: ``create_app(settings)``; ``simclr serve`` runs it under uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services import problems
+from services.dispatcher import Dispatcher
+from services.routes import health, internal, jobs
+from services.service import Service
+from services.settings import Settings
+from services.telemetry import LatencyMiddleware
+
+
+def create_app(
+    settings: Settings | None = None, dispatcher: Dispatcher | None = None, reconcile: bool = True
+) -> FastAPI:
+    """The API over a ``Service`` started in the app's lifespan. ``dispatcher`` replaces Ray (the
+    no-op one for benchmarks and API tests); ``reconcile=False`` leaves the reconciler off."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = Service.start(settings, dispatcher, reconcile)
+        try:
+            yield
+        finally:
+            app.state.service.stop()
+
+    app = FastAPI(
+        title="SimCLR at scale",
+        version="0.1.0",
+        summary="Submit, follow and inspect SimCLR and generative training jobs run on Ray.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        LatencyMiddleware,
+        telemetry=lambda: getattr(getattr(app.state, "service", None), "telemetry", None),
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(internal.router)
+    return app

@@ -1,0 +1,159 @@
+"""``simclr``: run the service, and a thin client of its REST API.
+
+    simclr serve [--host HOST] [--port PORT]
+    simclr submit KIND --config FILE [--workers N] [--follow]
+    simclr jobs [--status S] [--kind K]
+    simclr get ID | logs ID [--follow] | cancel ID | retry ID
+
+The client reads ``SIMCLR_URL`` (default http://127.0.0.1:8000) and ``SIMCLR_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from services.client import FINISHED, ApiError, Client
+from trainer.config import read_mapping
+
+
+def serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+
+    from services.app import create_app
+    from services.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def read_config(path: str) -> dict[str, Any]:
+    try:
+        return read_mapping(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(row.get(c, "") if row.get(c) is not None else "") for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def describe(job: dict[str, Any]) -> str:
+    attempt = job["attempts"][-1]
+    lines = [
+        f"job        {job['id']} ({job['kind']}, {job['name']})",
+        f"status     {job['status']}" + (f": {job['error']}" if job.get("error") else ""),
+        f"workers    {job['resources']['num_workers']} x "
+        f"{job['resources']['cpus_per_worker']} CPU" + (" + GPU" if job["resources"]["use_gpu"] else ""),
+        f"attempt    {attempt['number']}/{job['max_attempts']}: {attempt['state']} "
+        f"({attempt['submission_id']})",
+    ]
+    if attempt.get("dashboard_url"):
+        lines.append(f"dashboard  {attempt['dashboard_url']}")
+    return "\n".join(lines)
+
+
+def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    """A progress bar of the job's steps (loss and learning rate beside it) until it finishes."""
+    job = client.job(job_id)
+    total = job["config"].get("max_steps")
+    last_step = 0
+    with tqdm(total=total, unit="step", desc=job_id, dynamic_ncols=True) as bar:
+        while True:
+            points = client.metrics(job_id, after_step=last_step)
+            if points:
+                latest = {p["name"]: p["value"] for p in points if p["step"] == points[-1]["step"]}
+                step = points[-1]["step"]
+                bar.update(step - last_step)
+                last_step = step
+                bar.set_postfix({k: f"{latest[k]:.4g}" for k in ("loss", "lr") if k in latest})
+            job = client.job(job_id)
+            bar.set_description(f"{job_id} [{job['status']}]")
+            if job["status"] in FINISHED:
+                return job
+            time.sleep(poll_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="simclr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="run the API (embedded default: SQLite and a local Ray head)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p = commands.add_parser("submit", help="submit a job")
+    p.add_argument("kind")
+    p.add_argument("--config", required=True, help="YAML or JSON file of the kind's config")
+    p.add_argument("--name")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--follow", action="store_true", help="show progress until the job finishes")
+    p = commands.add_parser("jobs", help="list jobs")
+    p.add_argument("--status")
+    p.add_argument("--kind")
+    p.add_argument("--limit", type=int, default=50)
+    for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("retry", "retry a job")):
+        commands.add_parser(name, help=text).add_argument("job_id")
+    p = commands.add_parser("logs", help="print a job's log")
+    p.add_argument("job_id")
+    p.add_argument("--follow", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+        return
+    client = Client()
+    try:
+        if args.command == "submit":
+            resources = {"num_workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+                         "use_gpu": args.gpu}  # fmt: skip
+            job = client.submit(args.kind, read_config(args.config), resources, args.name,
+                                args.idempotency_key)  # fmt: skip
+            print(describe(job))
+            if args.follow:
+                job = follow(client, job["id"])
+                print(describe(job))
+                sys.exit(0 if job["status"] == "succeeded" else 1)
+        elif args.command == "jobs":
+            rows = [
+                {**job, "workers": job["resources"]["num_workers"],
+                 "attempt": job["attempts"][-1]["number"], "created": job["created_at"][:19]}
+                for job in client.jobs(args.status, args.kind, args.limit)
+            ]  # fmt: skip
+            print(table(rows, ["id", "kind", "name", "status", "workers", "attempt", "created"]))
+        elif args.command == "get":
+            job = client.job(args.job_id)
+            print(describe(job))
+            print(json.dumps(job["config"], indent=2))
+        elif args.command == "logs":
+            if args.follow:
+                for text in client.follow_logs(args.job_id):
+                    print(text, end="", flush=True)
+            else:
+                print(client.logs(args.job_id)["text"], end="")
+        elif args.command == "cancel":
+            print(describe(client.cancel(args.job_id)))
+        elif args.command == "retry":
+            print(describe(client.retry(args.job_id)))
+    except ApiError as error:
+        sys.exit(f"error: {error.detail}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A Python client of the REST API (the CLI and the demo are built on it)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(RuntimeError):
+    """An error answer: its status and the problem document's ``detail``."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30):
+        url = url or os.environ.get("SIMCLR_URL", DEFAULT_URL)
+        token = token or os.environ.get("SIMCLR_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ApiError(0, f"no service at {self.http.base_url} (start one: simclr serve)") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, str(detail))
+        return response.json()
+
+    def submit(
+        self,
+        kind: str,
+        config: dict[str, Any],
+        resources: dict[str, Any] | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, "config": config, "name": name}
+        if resources:
+            body["resources"] = resources
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=body, headers=headers)
+
+    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict]:
+        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
+        return self._call("GET", "/v1/jobs", params=params)["items"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/retry")
+
+    def metrics(self, job_id: str, after_step: int | None = None) -> list[dict[str, Any]]:
+        params = {} if after_step is None else {"after_step": after_step}
+        return self._call("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/artifacts")
+
+    def logs(self, job_id: str, offset: int = 0, attempt: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self._call("GET", f"/v1/jobs/{job_id}/logs", params=params)
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def follow_logs(self, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
+        """The log of the job's latest attempt as it grows (a new attempt's follows the old one's
+        after a header line), until the job has finished."""
+        attempt, offset = None, 0
+        while True:
+            job = self.job(job_id)
+            latest = job["attempts"][-1]["number"]
+            if attempt != latest:
+                if attempt is not None:
+                    rest = self.logs(job_id, offset, attempt)["text"]
+                    if rest:
+                        yield rest
+                    yield f"--- attempt {latest} ---\n"
+                attempt, offset = latest, 0
+            chunk = self.logs(job_id, offset, attempt)
+            if chunk["text"]:
+                yield chunk["text"]
+            offset = chunk["next_offset"]
+            if job["status"] in FINISHED and chunk["complete"]:
+                return
+            time.sleep(poll_s)

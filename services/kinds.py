@@ -1,0 +1,47 @@
+"""The job kinds the service runs: each kind's config model, shared with the workers that run it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from trainer.config import DatasetConfig, SimCLRConfig
+
+KIND_CONFIGS: dict[str, type[BaseModel]] = {"simclr": SimCLRConfig}
+
+
+class ConfigError(ValueError):
+    """A config that its kind's model rejects; ``errors`` are pydantic's, located under ``config``."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def validate_config(kind: str, config: dict[str, Any]) -> BaseModel:
+    """``config`` as the kind's model (extra fields forbidden, defaults filled in)."""
+    try:
+        return KIND_CONFIGS[kind].model_validate(config)
+    except ValidationError as error:
+        raise ConfigError(
+            [
+                {"loc": ("body", "config", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in error.errors(include_url=False)
+            ]
+        ) from None
+
+
+def dataset_roots(
+    config: BaseModel, loc: tuple[str, ...] = ("config",)
+) -> Iterator[tuple[str, str]]:
+    """``(field location, root)`` of every dataset root in ``config``, however deeply nested."""
+    if isinstance(config, DatasetConfig):
+        if config.root:
+            yield ".".join((*loc, "root")), config.root
+        return
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            yield from dataset_roots(value, (*loc, name))

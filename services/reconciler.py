@@ -1,0 +1,98 @@
+"""The loop that makes Ray's state and the database agree; the database is the source of truth.
+
+Every ``reconcile_interval_s``: attempts written but not yet accepted by Ray are submitted (again:
+a duplicate submission id counts as submitted); for every attempt Ray may be running, a job being
+cancelled has its Ray job stopped, and Ray's state and log are stored. An attempt whose Ray job
+vanished (a restarted head, a lost cluster) is ``lost``: the store queues a new attempt, which
+resumes the same Ray Train run from its latest checkpoint, until the job's ``max_attempts``.
+Because every step starts from the database, a restarted service adopts running jobs and
+dispatches queued ones without special cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.dispatcher import Dispatcher, DispatchError
+from services.store.store import LIVE_ATTEMPT_STATES, NotFound, Store
+
+log = logging.getLogger(__name__)
+
+# Submissions that Ray refused (it answered with an error) before the job fails; while Ray cannot be
+# reached at all, submission is retried without limit and the job stays queued.
+SUBMIT_REFUSALS = 3
+
+
+class Reconciler:
+    def __init__(self, store: Store, dispatcher: Dispatcher, interval_s: float = 2.0):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._submit_lock = threading.Lock()
+
+    def submit(self, submission_id: str) -> None:
+        """Submit one new attempt; failures are recorded and retried by the next pass."""
+        with self._submit_lock:
+            attempt = self.store.attempt(submission_id)
+            if attempt.state != "new":
+                return
+            job = self.store.get_job(attempt.job_id)
+            try:
+                self.dispatcher.submit(job, submission_id)
+            except DispatchError as error:
+                log.warning("submitting %s failed: %s", submission_id, error)
+                if error.reachable:
+                    self.store.record_submit_error(submission_id, str(error), SUBMIT_REFUSALS)
+                return
+            if self.store.mark_submitted(submission_id):
+                log.info("job %s: submitted attempt %s", job.id, submission_id)
+            else:  # cancelled while the request was in flight
+                self.dispatcher.stop(submission_id)
+
+    def follow(self, submission_id: str) -> None:
+        """Store Ray's state and log of one live attempt; stop it when its job is cancelling."""
+        attempt = self.store.attempt(submission_id)
+        job = self.store.get_job(attempt.job_id)
+        if job.status == "cancelling":
+            self.dispatcher.stop(submission_id)
+        ray_state = self.dispatcher.state(submission_id)
+        logs = None if ray_state.state == "lost" else self.dispatcher.logs(submission_id)
+        updated = self.store.update_attempt(submission_id, ray_state.state, ray_state.message, logs)
+        if ray_state.state != attempt.state:
+            log.info(
+                "job %s: attempt %s %s -> %s; job %s",
+                job.id, submission_id, attempt.state, ray_state.state, updated.status,
+            )  # fmt: skip
+
+    def run_once(self) -> None:
+        for attempt in self.store.attempts_in(["new"]):
+            self.submit(attempt.submission_id)
+        for attempt in self.store.attempts_in(LIVE_ATTEMPT_STATES):
+            try:
+                self.follow(attempt.submission_id)
+            except DispatchError as error:
+                log.warning("following %s: %s", attempt.submission_id, error)
+                if not error.reachable:
+                    return  # the cluster is down: nothing else will answer either
+            except NotFound:
+                continue
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # one bad pass must not end reconciliation
+                log.exception("reconciliation pass failed")
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

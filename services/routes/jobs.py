@@ -1,0 +1,223 @@
+"""``/v1/jobs``: submit, list, inspect, cancel and retry jobs; their metrics, checkpoints, logs and
+artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Response
+from pydantic import BaseModel
+
+from services.auth import require_api_token
+from services.dispatcher import DispatchError, unplaceable_reason
+from services.kinds import ConfigError, dataset_roots, validate_config
+from services.routes.deps import ServiceDep
+from services.schemas import (
+    ArtifactOut,
+    AttemptOut,
+    CheckpointOut,
+    JobCreate,
+    JobOut,
+    JobPage,
+    JobStatus,
+    LogsOut,
+    MetricOut,
+)
+from services.service import Service
+from services.store.tables import Job
+
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
+
+PROBLEM = {"content": {"application/problem+json": {}}}
+FINISHED_ATTEMPT_STATES = ("succeeded", "failed", "stopped", "lost")
+
+
+def job_out(job: Job, service: Service) -> JobOut:
+    out = JobOut.model_validate(job)
+    dashboard = service.dispatcher.dashboard_url
+    if dashboard:
+        out.attempts = [
+            attempt.model_copy(
+                update={"dashboard_url": f"{dashboard}/#/jobs/{attempt.submission_id}"}
+            )
+            for attempt in out.attempts
+        ]
+    return out
+
+
+def check_data_roots(config: BaseModel, allowed: list[str]) -> None:
+    """Every dataset root must resolve under one of ``allowed`` (``SIMCLR_DATA_ROOTS``)."""
+    roots = [Path(root).resolve() for root in allowed]
+    for field, root in dataset_roots(config):
+        if not any(Path(root).resolve().is_relative_to(allowed_root) for allowed_root in roots):
+            raise ConfigError(
+                [{"loc": ("body", *field.split(".")), "type": "data_root",
+                  "msg": f"{root!r} is not under the service's data roots "
+                         f"({', '.join(map(str, roots))}; SIMCLR_DATA_ROOTS)"}]
+            )  # fmt: skip
+
+
+def check_capacity(service: Service, resources: dict) -> None:
+    if not service.settings.check_capacity:
+        return
+    try:
+        nodes = service.dispatcher.capacity()
+    except DispatchError:
+        return  # Ray unreachable: the job queues until it comes back
+    reason = nodes is not None and unplaceable_reason(resources, nodes)
+    if reason:
+        raise ConfigError([{"loc": ("body", "resources"), "type": "capacity", "msg": reason}])
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        200: {"description": "the job an earlier request with this Idempotency-Key created"},
+        409: PROBLEM,
+        422: PROBLEM,
+    },
+)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    background: BackgroundTasks,
+    service: ServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Validate the config against its kind, write the job, then submit it to Ray."""
+    config = validate_config(body.kind, body.config)
+    check_data_roots(config, service.settings.data_roots)
+    resources = body.resources.model_dump(mode="json")
+    check_capacity(service, resources)
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    job, created = service.store.create_job(
+        kind=body.kind,
+        name=body.name,
+        config=config.model_dump(mode="json"),
+        resources=resources,
+        max_attempts=body.max_attempts or service.settings.max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if created:
+        background.add_task(service.reconciler.submit, job.attempts[-1].submission_id)
+    else:
+        response.status_code = 200
+    return job_out(job, service)
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    service: ServiceDep,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobPage:
+    """Newest first, ``limit`` per page; ``next_cursor`` fetches the next page."""
+    try:
+        jobs, next_cursor = service.store.list_jobs(
+            status=status, kind=kind, limit=limit, cursor=cursor
+        )
+    except ValueError as error:
+        raise ConfigError(
+            [{"loc": ("query", "cursor"), "msg": str(error), "type": "cursor"}]
+        ) from None
+    return JobPage(items=[job_out(job, service) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM})
+def get_job(job_id: str, service: ServiceDep) -> JobOut:
+    return job_out(service.store.get_job(job_id), service)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut,
+             responses={404: PROBLEM, 409: PROBLEM})  # fmt: skip
+def cancel_job(job_id: str, service: ServiceDep, background: BackgroundTasks) -> JobOut:
+    """Stop the job's Ray job (its driver and its workers exit); the job ends ``cancelled``."""
+    job = service.store.request_cancel(job_id)
+    if job.status == "cancelling":
+        background.add_task(service.reconciler.follow, job.attempts[-1].submission_id)
+    return job_out(job, service)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut,
+             responses={404: PROBLEM, 409: PROBLEM})  # fmt: skip
+def retry_job(job_id: str, service: ServiceDep, background: BackgroundTasks) -> JobOut:
+    """Run a failed or cancelled job again as a new attempt, resuming from its latest checkpoint."""
+    job = service.store.retry(job_id)
+    background.add_task(service.reconciler.submit, job.attempts[-1].submission_id)
+    return job_out(job, service)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=list[MetricOut], responses={404: PROBLEM})
+def job_metrics(
+    job_id: str, service: ServiceDep, name: str | None = None, after_step: int | None = None
+) -> list[MetricOut]:
+    """The job's metric history (``step``, ``epoch``, ``name``, ``value``), by step."""
+    return [
+        MetricOut.model_validate(p) for p in service.store.list_metrics(job_id, name, after_step)
+    ]
+
+
+@router.get("/jobs/{job_id}/checkpoints", response_model=list[CheckpointOut],
+            responses={404: PROBLEM})  # fmt: skip
+def job_checkpoints(job_id: str, service: ServiceDep) -> list[CheckpointOut]:
+    """Every checkpoint reported, oldest first; ``available`` is false once Ray Train pruned it."""
+    return [CheckpointOut.model_validate(c) for c in service.store.list_checkpoints(job_id)]
+
+
+@router.get("/jobs/{job_id}/logs", response_model=LogsOut, responses={404: PROBLEM})
+def job_logs(
+    job_id: str,
+    service: ServiceDep,
+    attempt: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> LogsOut:
+    """The Ray job's log of one attempt, as stored by the service, from character ``offset``."""
+    job = service.store.get_job(job_id)
+    chosen = (
+        job.attempts[-1]
+        if attempt is None
+        else next((a for a in job.attempts if a.number == attempt), None)
+    )
+    if chosen is None:
+        raise ConfigError([{"loc": ("query", "attempt"), "type": "attempt",
+                            "msg": f"job {job_id} has attempts 1..{len(job.attempts)}"}])  # fmt: skip
+    text = chosen.log[offset:]
+    return LogsOut(
+        job_id=job_id, attempt=chosen.number, offset=offset, next_offset=offset + len(text),
+        text=text, complete=chosen.state in FINISHED_ATTEMPT_STATES,
+    )  # fmt: skip
+
+
+@router.get("/jobs/{job_id}/attempts", response_model=list[AttemptOut], responses={404: PROBLEM})
+def job_attempts(job_id: str, service: ServiceDep) -> list[AttemptOut]:
+    return job_out(service.store.get_job(job_id), service).attempts
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut], responses={404: PROBLEM})
+def job_artifacts(job_id: str, service: ServiceDep) -> list[ArtifactOut]:
+    """Plots and sample grids the job's workers produced."""
+    return [
+        ArtifactOut(
+            name=name,
+            content_type=content_type,
+            size=size,
+            created_at=created,
+            url=f"/v1/jobs/{job_id}/artifacts/{name}",
+        )
+        for name, content_type, size, created in service.store.list_artifacts(job_id)
+    ]
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response, responses={404: PROBLEM})
+def job_artifact(job_id: str, name: str, service: ServiceDep) -> Response:
+    artifact = service.store.artifact(job_id, name)
+    return Response(artifact.data, media_type=artifact.content_type)

@@ -1,0 +1,1 @@
+"""The service's durable record: SQLAlchemy tables (``tables``) and the operations on them (``store``)."""

@@ -1,0 +1,407 @@
+"""Every read and write of the service's database. The API process is the database's only writer:
+routes, the dispatcher's callbacks and the reconciler all go through ``Store``."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from services.store.tables import Artifact, Attempt, Checkpoint, Job, MetricPoint, utcnow
+
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# Attempt states in which Ray may still be running the job.
+LIVE_ATTEMPT_STATES = ("submitted", "pending", "running")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    """A request that contradicts the record: a reused idempotency key, an illegal transition."""
+
+
+def new_job_id() -> str:
+    """Time-ordered and readable: ``job-20261124-031255-a1b2c3``."""
+    return f"job-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def submission_id(job_id: str, number: int) -> str:
+    return f"{job_id}-a{number}"
+
+
+def _encode_cursor(job: Job) -> str:
+    """The position after ``job`` in the newest-first order: its creation time and id."""
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, _, job_id = (
+            base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode().partition("|")
+        )
+        return datetime.fromisoformat(created), job_id
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ValueError(
+            f"invalid cursor {cursor!r}: pass the next_cursor of a previous page"
+        ) from None
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _insert(self):
+        return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        kind: str,
+        name: str | None,
+        config: dict[str, Any],
+        resources: dict[str, Any],
+        max_attempts: int,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Write a queued job and its first attempt; return it and whether it is new.
+
+        With an idempotency key already used for the same request (``request_hash``), the
+        existing job comes back (``False``); for another request, ``Conflict``. Concurrent
+        requests with one key create one job: the key is unique in the table."""
+        for _ in range(5):
+            if idempotency_key is not None:
+                existing = self._by_idempotency_key(idempotency_key, request_hash)
+                if existing is not None:
+                    return existing, False
+            job_id = new_job_id()
+            job = Job(
+                id=job_id, kind=kind, name=name or job_id, status="queued", config=config,
+                resources=resources, max_attempts=max_attempts,
+                idempotency_key=idempotency_key, request_hash=request_hash,
+            )  # fmt: skip
+            job.attempts.append(
+                Attempt(number=1, submission_id=submission_id(job_id, 1), state="new", log="")
+            )
+            try:
+                with self._sessions.begin() as session:
+                    session.add(job)
+                return job, True
+            except IntegrityError:
+                continue  # the key was taken meanwhile (re-read it) or the id collided (new one)
+        raise RuntimeError("could not create the job: repeated database conflicts")
+
+    def _by_idempotency_key(self, key: str, request_hash: str | None) -> Job | None:
+        with self._sessions() as session:
+            job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+        if job is not None and job.request_hash != request_hash:
+            raise Conflict(
+                f"Idempotency-Key {key!r} was already used for a different request (job {job.id})"
+            )
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        with self._sessions() as session:  # the job and its attempts in one query
+            job = session.get(Job, job_id, options=[joinedload(Job.attempts)])
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; ``cursor`` continues after the last job of the previous page."""
+        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        if status:
+            query = query.where(Job.status == status)
+        if kind:
+            query = query.where(Job.kind == kind)
+        if cursor:
+            created, job_id = _decode_cursor(cursor)
+            if self.engine.dialect.name == "sqlite":
+                created = created.replace(tzinfo=None)  # SQLite keeps naive UTC
+            query = query.where(
+                (Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id))
+            )
+        with self._sessions() as session:
+            jobs = list(session.scalars(query))
+        if len(jobs) > limit:
+            return jobs[:limit], _encode_cursor(jobs[limit - 1])
+        return jobs, None
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._sessions() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+            counts = {status: count for status, count in rows}
+        return {status: counts.get(status, 0) for status in JOB_STATUSES}
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Mark the job ``cancelling`` (the reconciler stops its Ray job), or ``cancelled`` at once
+        when no attempt ever reached Ray."""
+        with self._sessions.begin() as session:
+            job = self._locked(session, job_id)
+            if job.status in TERMINAL:
+                raise Conflict(f"job {job_id} is already {job.status}")
+            attempt = job.attempts[-1]
+            if attempt.state == "new":
+                attempt.state, attempt.finished_at = "stopped", utcnow()
+                job.status = "cancelled"
+            else:
+                job.status = "cancelling"
+        return self.get_job(job_id)
+
+    def retry(self, job_id: str) -> Job:
+        """A new attempt for a failed or cancelled job; it resumes from the latest checkpoint."""
+        with self._sessions.begin() as session:
+            job = self._locked(session, job_id)
+            if job.status not in ("failed", "cancelled"):
+                raise Conflict(f"job {job_id} is {job.status}: only failed or cancelled jobs retry")
+            self._add_attempt(job)
+            job.error = None
+        return self.get_job(job_id)
+
+    @staticmethod
+    def _locked(session: Session, job_id: str) -> Job:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    @staticmethod
+    def _add_attempt(job: Job) -> None:
+        number = job.attempts[-1].number + 1 if job.attempts else 1
+        job.attempts.append(
+            Attempt(number=number, submission_id=submission_id(job.id, number), state="new", log="")
+        )
+        job.status = "queued"
+
+    # -- attempts (dispatcher and reconciler) ---------------------------------------------------
+
+    def attempts_in(self, states: Sequence[str]) -> list[Attempt]:
+        """The latest attempt of every unfinished job whose attempt is in one of ``states``."""
+        with self._sessions() as session:
+            latest = (
+                select(Attempt.job_id, func.max(Attempt.number).label("number"))
+                .group_by(Attempt.job_id)
+                .subquery()
+            )
+            query = (
+                select(Attempt)
+                .join(
+                    latest,
+                    (Attempt.job_id == latest.c.job_id) & (Attempt.number == latest.c.number),
+                )
+                .join(Job, Job.id == Attempt.job_id)
+                .where(Attempt.state.in_(states), Job.status.not_in(TERMINAL))
+                .order_by(Attempt.id)
+            )
+            return list(session.scalars(query))
+
+    def attempt(self, submission: str) -> Attempt:
+        with self._sessions() as session:
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.submission_id == submission)
+            ).one_or_none()
+        if attempt is None:
+            raise NotFound(f"no attempt {submission!r}")
+        return attempt
+
+    def mark_submitted(self, submission: str) -> bool:
+        """Record that Ray has the attempt; False when it was cancelled meanwhile."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Attempt)
+                .where(Attempt.submission_id == submission, Attempt.state == "new")
+                .values(state="submitted", message=None)
+            )
+        return result.rowcount == 1
+
+    def record_submit_error(self, submission: str, message: str, fail_after: int) -> None:
+        """Count a failed submission; after ``fail_after`` of them the job fails with ``message``."""
+        with self._sessions.begin() as session:
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.submission_id == submission).with_for_update()
+            ).one()
+            attempt.submit_errors += 1
+            attempt.message = message
+            if attempt.submit_errors >= fail_after:
+                attempt.state, attempt.finished_at = "failed", utcnow()
+                job = self._locked(session, attempt.job_id)
+                job.status = "failed"
+                job.error = (
+                    f"could not submit to Ray after {attempt.submit_errors} tries: {message}"
+                )
+
+    def update_attempt(
+        self, submission: str, state: str, message: str | None = None, log: str | None = None
+    ) -> Job:
+        """Record Ray's view of an attempt (``state`` in lower case, or ``lost``) and derive the
+        job's status from it. A lost attempt is followed by a new one while the job has attempts
+        left; a job being cancelled ends ``cancelled`` however its Ray job ended but success."""
+        with self._sessions.begin() as session:
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.submission_id == submission).with_for_update()
+            ).one()
+            job = self._locked(session, attempt.job_id)
+            if log is not None:
+                attempt.log = log
+            if message is not None:
+                attempt.message = message
+            if state != attempt.state:
+                attempt.state = state
+                if state == "running" and attempt.started_at is None:
+                    attempt.started_at = utcnow()
+                if state in ("succeeded", "failed", "stopped", "lost"):
+                    attempt.finished_at = utcnow()
+            if job.status in TERMINAL or attempt is not job.attempts[-1]:
+                return job
+            if state == "succeeded":
+                job.status = "succeeded"
+            elif job.status == "cancelling":
+                if state in ("failed", "stopped", "lost"):
+                    job.status = "cancelled"
+            elif state == "running":
+                job.status = "running"
+            elif state == "failed":
+                job.status = "failed"
+                job.error = message or "the Ray job failed"
+            elif state == "stopped":
+                job.status = "cancelled"
+                job.error = "the Ray job was stopped outside the service"
+            elif state == "lost":
+                if attempt.number < job.max_attempts:
+                    self._add_attempt(job)
+                else:
+                    job.status = "failed"
+                    job.error = (
+                        f"the Ray job vanished from the cluster {attempt.number} time(s); "
+                        f"giving up after max_attempts={job.max_attempts}"
+                    )
+        return self.get_job(job.id)
+
+    # -- what workers report ------------------------------------------------------------------
+
+    def add_metrics(self, job_id: str, points: Iterable[dict[str, Any]]) -> int:
+        """Store metric points ``{step, epoch, name, value}``; a point reported again (a resumed
+        attempt repeats the steps after its checkpoint) replaces the earlier one."""
+        rows = [{"job_id": job_id, "recorded_at": utcnow(), **point} for point in points]
+        if not rows:
+            return 0
+        self.get_job(job_id)
+        insert = self._insert()(MetricPoint).values(rows)
+        statement = insert.on_conflict_do_update(
+            index_elements=["job_id", "name", "step"],
+            set_={"value": insert.excluded.value, "epoch": insert.excluded.epoch,
+                  "recorded_at": insert.excluded.recorded_at},
+        )  # fmt: skip
+        with self._sessions.begin() as session:
+            session.execute(statement)
+        return len(rows)
+
+    def list_metrics(
+        self, job_id: str, name: str | None = None, after_step: int | None = None
+    ) -> list[MetricPoint]:
+        self.get_job(job_id)
+        query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+        if name:
+            query = query.where(MetricPoint.name == name)
+        if after_step is not None:
+            query = query.where(MetricPoint.step > after_step)
+        with self._sessions() as session:
+            return list(session.scalars(query.order_by(MetricPoint.step, MetricPoint.name)))
+
+    def add_checkpoint(
+        self, job_id: str, *, name: str, step: int, epoch: int, path: str,
+        metrics: dict[str, Any], keep: int | None = None,
+    ) -> Checkpoint:  # fmt: skip
+        """Record a checkpoint; with ``keep``, older ones beyond the newest ``keep`` are marked
+        unavailable (Ray Train deletes them)."""
+        self.get_job(job_id)
+        values = {"step": step, "epoch": epoch, "path": path, "metrics": metrics, "available": True}
+        insert = self._insert()(Checkpoint).values(
+            job_id=job_id, name=name, created_at=utcnow(), **values
+        )
+        with self._sessions.begin() as session:
+            session.execute(
+                insert.on_conflict_do_update(index_elements=["job_id", "name"], set_=values)
+            )
+            if keep is not None:
+                newest = select(Checkpoint.id).where(Checkpoint.job_id == job_id)
+                newest = newest.order_by(Checkpoint.step.desc()).limit(keep)
+                session.execute(
+                    update(Checkpoint)
+                    .where(
+                        Checkpoint.job_id == job_id, Checkpoint.id.not_in(newest.scalar_subquery())
+                    )
+                    .values(available=False)
+                )
+        return self.checkpoint(job_id, name)
+
+    def checkpoint(self, job_id: str, name: str) -> Checkpoint:
+        """The checkpoint ``name`` of a job, or its newest available one for ``latest``."""
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        if name == "latest":
+            query = query.where(Checkpoint.available).order_by(Checkpoint.step.desc()).limit(1)
+        else:
+            query = query.where(Checkpoint.name == name)
+        with self._sessions() as session:
+            found = session.scalars(query).first()
+        if found is None:
+            raise NotFound(f"job {job_id!r} has no checkpoint {name!r}")
+        return found
+
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        self.get_job(job_id)
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
+        with self._sessions() as session:
+            return list(session.scalars(query))
+
+    def put_artifact(self, job_id: str, name: str, content_type: str, data: bytes) -> None:
+        self.get_job(job_id)
+        with self._sessions.begin() as session:
+            session.merge(Artifact(job_id=job_id, name=name, content_type=content_type, data=data))
+
+    def list_artifacts(self, job_id: str) -> list[tuple[str, str, int, datetime]]:
+        """``(name, content type, size in bytes, created)`` of a job's artifacts."""
+        self.get_job(job_id)
+        query = (
+            select(
+                Artifact.name,
+                Artifact.content_type,
+                func.length(Artifact.data),
+                Artifact.created_at,
+            )
+            .where(Artifact.job_id == job_id)
+            .order_by(Artifact.name)
+        )
+        with self._sessions() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def artifact(self, job_id: str, name: str) -> Artifact:
+        with self._sessions() as session:
+            found = session.get(Artifact, (job_id, name))
+        if found is None:
+            raise NotFound(f"job {job_id!r} has no artifact {name!r}")
+        return found
+
+    def ping(self) -> None:
+        with self._sessions() as session:
+            session.execute(select(1))

@@ -1,0 +1,246 @@
+"""The REST API's contracts on SQLite and PostgreSQL, with Ray replaced by the no-op dispatcher:
+status codes and Location, validation errors as problem+json naming the field, idempotency, auth,
+the data-root rule, capacity, pagination, cancel/retry, what workers report, health and metrics."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.app import create_app
+from services.dispatcher import NoopDispatcher
+from services.settings import Settings
+
+DIGITS = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max_steps": 2}
+INTERNAL = "internal-secret"
+
+
+class CapacityDispatcher(NoopDispatcher):
+    """One node with 4 CPUs and no GPU."""
+
+    def capacity(self):
+        return [{"CPU": 4.0, "memory": 8e9}]
+
+
+def make_client(database_url, tmp_path, dispatcher=None, raise_errors=True, **settings) -> TestClient:
+    settings = Settings(
+        database_url=database_url, storage_path=str(tmp_path / "runs"),
+        data_roots=[str(tmp_path / "data")], internal_token=INTERNAL, **settings,
+    )  # fmt: skip
+    app = create_app(settings, dispatcher or NoopDispatcher(), reconcile=False)
+    return TestClient(app, raise_server_exceptions=raise_errors)
+
+
+@pytest.fixture
+def api(database_url, tmp_path):
+    with make_client(database_url, tmp_path) as client:
+        yield client
+
+
+def submit(api: TestClient, config=DIGITS, headers=None, **fields):
+    return api.post("/v1/jobs", json={"kind": "simclr", "config": config, **fields}, headers=headers)
+
+
+def assert_problem(response, status: int, *fragments: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"] and "Traceback" not in response.text
+    for fragment in fragments:
+        assert fragment in body["detail"], body
+    return body
+
+
+def test_submit_returns_202_with_location_and_the_job_with_the_paper_defaults(api):
+    response = submit(api, name="digits smoke", resources={"num_workers": 2})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["name"] == "digits smoke" and job["error"] is None
+    assert job["resources"]["num_workers"] == 2
+    assert job["config"]["temperature"] == 0.1 and job["config"]["optimizer"]["name"] == "lars"
+    assert job["config"]["max_steps"] == 2
+    [attempt] = job["attempts"]
+    assert attempt["submission_id"] == f"{job['id']}-a1" and attempt["state"] == "new"
+    assert job["created_at"].endswith("Z") or job["created_at"].endswith("+00:00")
+    assert api.get(response.headers["location"]).json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"batch_size": 4096, "bogus": 1}, "config.bogus"),
+        ({"dataset": {"name": "mnist"}}, "config.dataset.name"),
+        ({"temperature": -1}, "config.temperature"),
+        ({"dataset": {"name": "cifar10"}}, "config.dataset"),
+    ],
+)
+def test_invalid_configs_are_422_problems_naming_the_field(api, config, field):
+    body = assert_problem(submit(api, config), 422, field)
+    assert any(error["field"].startswith(field) for error in body["errors"])
+    assert api.get("/v1/jobs").json()["items"] == []  # nothing was written
+
+
+def test_unknown_kind_and_bad_resources_are_rejected(api):
+    assert_problem(api.post("/v1/jobs", json={"kind": "word2vec"}), 422, "kind")
+    assert_problem(submit(api, resources={"num_workers": 0}), 422, "resources.num_workers")
+    assert_problem(api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 422)
+
+
+def test_idempotency_key_same_body_200_different_body_409(api):
+    headers = {"Idempotency-Key": "7f1c"}
+    first = submit(api, headers=headers)
+    again = submit(api, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert_problem(submit(api, {**DIGITS, "max_steps": 3}, headers=headers), 409, "7f1c")
+    assert len(api.get("/v1/jobs").json()["items"]) == 1
+
+
+def test_dataset_roots_must_lie_under_the_data_roots(api, tmp_path):
+    (tmp_path / "data" / "cifar").mkdir(parents=True)
+    inside = {"dataset": {"name": "cifar10", "root": str(tmp_path / "data" / "cifar")}}
+    assert submit(api, inside).status_code == 202
+    for root in ("/etc", str(tmp_path / "data" / ".." / "elsewhere"), str(tmp_path / "data2")):
+        assert_problem(
+            submit(api, {"dataset": {"name": "imagefolder", "root": root}}),
+            422, "config.dataset.root", "data roots",
+        )  # fmt: skip
+
+
+def test_resources_the_cluster_can_never_place_are_rejected(database_url, tmp_path):
+    with make_client(database_url, tmp_path, CapacityDispatcher()) as api:
+        assert submit(api, resources={"num_workers": 4}).status_code == 202
+        assert_problem(submit(api, resources={"num_workers": 5}), 422, "at most 4 workers")
+        assert_problem(submit(api, resources={"num_workers": 1, "use_gpu": True}), 422, "GPU")
+        assert_problem(submit(api, resources={"cpus_per_worker": 8}), 422, "largest node")
+
+
+def test_auth_when_a_token_is_set(database_url, tmp_path):
+    with make_client(database_url, tmp_path, api_token="s3cret") as api:
+        assert api.get("/healthz").status_code == 200
+        for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/metrics"),
+                             ("GET", "/v1/jobs/x/logs")):  # fmt: skip
+            response = api.request(method, path)
+            assert_problem(response, 401, "bearer token")
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = api.get("/v1/jobs", headers={"Authorization": "Bearer s3cre"})
+        assert_problem(wrong, 401)
+        ok = {"Authorization": "Bearer s3cret"}
+        assert api.get("/v1/jobs", headers=ok).status_code == 200
+        assert api.post("/v1/jobs", json={"kind": "simclr", "config": DIGITS}, headers=ok).status_code == 202
+        # the API token does not open the workers' endpoints, and theirs does not open the API
+        job_id = api.get("/v1/jobs", headers=ok).json()["items"][0]["id"]
+        report = {"points": [{"step": 1, "epoch": 0, "name": "loss", "value": 1.0}]}
+        assert_problem(api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report, headers=ok), 401)
+        internal = {"Authorization": f"Bearer {INTERNAL}"}
+        assert_problem(api.get("/v1/jobs", headers=internal), 401)
+
+
+def test_list_filters_and_paginates(api):
+    ids = [submit(api, name=f"j{i}").json()["id"] for i in range(5)]
+    api.post(f"/v1/jobs/{ids[0]}/cancel")
+    pages, cursor = [], None
+    while True:
+        body = api.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append([job["id"] for job in body["items"]])
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [job_id for page in pages for job_id in page] == ids[::-1]
+    assert [j["id"] for j in api.get("/v1/jobs?status=cancelled").json()["items"]] == [ids[0]]
+    assert api.get("/v1/jobs?kind=simclr&status=queued").json()["items"][0]["id"] == ids[-1]
+    assert_problem(api.get("/v1/jobs?status=sleeping"), 422, "status")
+    assert_problem(api.get("/v1/jobs?cursor=bogus"), 422, "cursor")
+    assert_problem(api.get("/v1/jobs?limit=0"), 422, "limit")
+
+
+def test_cancel_and_retry(api):
+    job_id = submit(api).json()["id"]
+    cancelled = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelling"
+    # the no-op "Ray job" was submitted after the POST; the cancel stopped it after the response
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    assert_problem(api.post(f"/v1/jobs/{job_id}/cancel"), 409, "already cancelled")
+    retried = api.post(f"/v1/jobs/{job_id}/retry")
+    assert retried.status_code == 202
+    assert retried.json()["status"] == "queued" and len(retried.json()["attempts"]) == 2
+    assert_problem(api.post(f"/v1/jobs/{job_id}/retry"), 409, "only failed or cancelled")
+    assert_problem(api.post("/v1/jobs/job-missing/cancel"), 404, "job-missing")
+    assert_problem(api.get("/v1/jobs/job-missing"), 404)
+
+
+def test_worker_reports_become_metrics_checkpoints_and_artifacts(api):
+    job_id = submit(api).json()["id"]
+    auth = {"Authorization": f"Bearer {INTERNAL}"}
+    points = [{"step": s, "epoch": 0, "name": n, "value": v}
+              for s in (1, 2) for n, v in (("loss", 6.0 - s), ("lr", 0.1 * s))]  # fmt: skip
+    assert api.post(f"/internal/v1/jobs/{job_id}/metrics", json={"points": points}, headers=auth).status_code == 204
+    checkpoint = {"name": "step-00000002", "step": 2, "epoch": 0, "path": f"/runs/{job_id}/step-00000002",
+                  "metrics": {"loss": 4.0}, "keep": 2}  # fmt: skip
+    assert api.post(f"/internal/v1/jobs/{job_id}/checkpoints", json=checkpoint, headers=auth).status_code == 201
+    png = b"\x89PNG\r\n\x1a\nfake"
+    put = api.put(f"/internal/v1/jobs/{job_id}/artifacts/views.png", content=png,
+                  headers={**auth, "Content-Type": "image/png"})  # fmt: skip
+    assert put.status_code == 204
+    assert_problem(api.put(f"/internal/v1/jobs/{job_id}/artifacts/.hidden", content=b"", headers=auth), 422, "artifact name")
+    assert_problem(api.post("/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=auth), 404)
+
+    metrics = api.get(f"/v1/jobs/{job_id}/metrics").json()
+    assert [(m["step"], m["name"], m["value"]) for m in metrics] == [
+        (1, "loss", 5.0), (1, "lr", 0.1), (2, "loss", 4.0), (2, "lr", 0.2)
+    ]
+    assert len(api.get(f"/v1/jobs/{job_id}/metrics?name=loss&after_step=1").json()) == 1
+    [listed] = api.get(f"/v1/jobs/{job_id}/checkpoints").json()
+    assert listed["name"] == "step-00000002" and listed["available"] and listed["metrics"]["loss"] == 4.0
+    [artifact] = api.get(f"/v1/jobs/{job_id}/artifacts").json()
+    assert artifact["size"] == len(png) and artifact["content_type"] == "image/png"
+    image = api.get(artifact["url"])
+    assert image.content == png and image.headers["content-type"] == "image/png"
+    assert_problem(api.get(f"/v1/jobs/{job_id}/artifacts/loss.png"), 404, "loss.png")
+
+
+def test_logs_are_served_by_offset(api):
+    job_id = submit(api).json()["id"]
+    store = api.app.state.service.store
+    store.mark_submitted(f"{job_id}-a1")
+    store.update_attempt(f"{job_id}-a1", "running", log="line 1\nline 2\n")
+    first = api.get(f"/v1/jobs/{job_id}/logs").json()
+    assert first["text"] == "line 1\nline 2\n" and not first["complete"]
+    store.update_attempt(f"{job_id}-a1", "succeeded", log="line 1\nline 2\nline 3\n")
+    rest = api.get(f"/v1/jobs/{job_id}/logs", params={"offset": first["next_offset"]}).json()
+    assert rest["text"] == "line 3\n" and rest["complete"]
+    assert_problem(api.get(f"/v1/jobs/{job_id}/logs?attempt=7"), 422, "attempts 1..1")
+
+
+def test_health_readiness_and_prometheus_metrics(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"] == {"database": "ok", "ray": "ok"}
+    submit(api)
+    api.get("/v1/jobs")
+    text = api.get("/metrics").text
+    assert 'simclr_jobs{status="queued"} 1.0' in text
+    assert 'simclr_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"}' in text
+    assert 'route="/v1/jobs/{job_id}' not in text or "job-2" not in text  # templates, not paths
+
+
+def test_unexpected_errors_are_500_problems_without_traceback(database_url, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    with make_client(database_url, tmp_path, raise_errors=False) as api:
+        monkeypatch.setattr(api.app.state.service.store, "list_jobs", broken)
+        body = assert_problem(api.get("/v1/jobs"), 500, "internal error")
+    assert "secret" not in body["detail"]
+
+
+def test_openapi_documents_the_api(api):
+    paths = api.get("/openapi.json").json()["paths"]
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/retry",
+                 "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/checkpoints", "/v1/jobs/{job_id}/logs",
+                 "/v1/jobs/{job_id}/artifacts", "/healthz", "/readyz"):  # fmt: skip
+        assert path in paths
+    assert api.get("/docs").status_code == 200

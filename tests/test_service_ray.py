@@ -1,0 +1,167 @@
+"""The service end to end on a real Ray cluster: SimCLR on digits over 2 workers through the API,
+with a service restart in the middle of the run (the job is adopted and nothing it reported is
+lost); cancellation that really ends the worker processes; Ray's answers the dispatcher relies on."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from services.app import create_app
+from services.client import Client
+from services.dispatcher import RayDispatcher, unplaceable_reason
+from services.ray_head import free_port
+from services.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+DIGITS = {
+    "dataset": {"name": "digits", "loader_workers": 0},
+    "backbone": {"name": "small_cnn", "width": 8},
+    "head": {"hidden_dim": 32, "out_dim": 16},
+    "batch_size": 64,
+    "epochs": 1,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 2,
+    "optimizer": {"warmup_epochs": 0},
+}
+
+
+class ServiceThread:
+    """The API under uvicorn in a thread, on a real port the Ray workers can call back."""
+
+    def __init__(self, settings: Settings):
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+                                log_level="warning", lifespan="on")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServiceThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def service_settings(ray_head, tmp_path, database_url: str) -> Settings:
+    return Settings(
+        port=free_port(), ray_address=ray_head.dashboard_url, database_url=database_url,
+        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path)], reconcile_interval_s=0.5,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def settings(ray_head, tmp_path) -> Settings:
+    return service_settings(ray_head, tmp_path, f"sqlite:///{tmp_path / 'simclr.db'}")
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def worker_pids(log: str) -> set[int]:
+    """The Ray Train worker processes named in a job's log (Ray prefixes their lines)."""
+    return {int(pid) for pid in re.findall(r"RayTrainWorker pid=(\d+)", log)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_job_runs_through_the_service_and_survives_a_service_restart(
+    ray_head, tmp_path, database_url
+):
+    settings = service_settings(ray_head, tmp_path, database_url)
+    client = Client(f"http://127.0.0.1:{settings.port}")
+    with ServiceThread(settings):
+        job = client.submit("simclr", {**DIGITS, "max_steps": 10}, {"num_workers": 2}, "restart")
+        wait_for(lambda: client.metrics(job["id"]), 180, "the first metrics")
+    # the service is down while the job trains: the workers' reports wait for it
+    time.sleep(2)
+    with ServiceThread(settings):
+        done = wait_for(
+            lambda: (j := client.job(job["id"]))["status"] in ("succeeded", "failed") and j,
+            240, "the job to finish",
+        )  # fmt: skip
+        assert done["status"] == "succeeded", done["error"]
+        assert len(done["attempts"]) == 1  # adopted, not resubmitted
+        assert done["attempts"][0]["dashboard_url"].startswith(settings.ray_address)
+        metrics = client.metrics(job["id"])
+        assert sorted({m["step"] for m in metrics if m["name"] == "loss"}) == list(range(1, 11))
+        assert {"loss", "lr", "images_per_s"} <= {m["name"] for m in metrics}
+        checkpoints = client.checkpoints(job["id"])
+        assert [c["step"] for c in checkpoints] == [2, 4, 6, 8, 10]
+        assert [c["available"] for c in checkpoints] == [False, False, False, True, True]
+        latest = Path(checkpoints[-1]["path"])
+        assert (latest / "state.pt").is_file() and latest.parent.name == job["id"]
+        [artifact] = client.artifacts(job["id"])
+        png = client.http.get(artifact["url"]).content
+        assert artifact["name"] == "views.png" and png.startswith(b"\x89PNG")
+        logs = client.logs(job["id"])
+        assert logs["complete"] and f"job {job['id']} finished" in logs["text"]
+
+
+def test_cancel_stops_the_ray_job_and_its_worker_processes_exit(settings):
+    client = Client(f"http://127.0.0.1:{settings.port}")
+    with ServiceThread(settings):
+        job = client.submit("simclr", {**DIGITS, "epochs": 100}, {"num_workers": 2}, "to cancel")
+        wait_for(lambda: client.metrics(job["id"]), 180, "the job to train")
+        pids = wait_for(
+            lambda: len(found := worker_pids(client.logs(job["id"])["text"])) == 2 and found,
+            60, "both workers in the stored log",
+        )  # fmt: skip
+        assert all(alive(pid) for pid in pids)
+        assert client.cancel(job["id"])["status"] == "cancelling"
+        cancelled = wait_for(
+            lambda: (j := client.job(job["id"]))["status"] == "cancelled" and j, 60, "cancelled"
+        )
+        assert cancelled["attempts"][-1]["state"] == "stopped"
+        wait_for(lambda: not any(alive(pid) for pid in pids), 60, "the workers to exit")
+
+
+def test_ray_answers_the_dispatcher_relies_on(settings):
+    dispatcher = RayDispatcher(settings.ray_address, settings)
+    dispatcher.ping()
+    assert dispatcher.state("job-never-submitted-a1").state == "lost"
+    nodes = dispatcher.capacity()
+    assert nodes and nodes[0]["CPU"] == 4
+    many = {"num_workers": 5, "cpus_per_worker": 1.0, "use_gpu": False, "gpus_per_worker": 1.0}
+    assert "at most 4 workers" in unplaceable_reason(many, nodes)
+
+
+def test_readiness_reports_an_unreachable_cluster_and_jobs_wait_queued(tmp_path):
+    settings = Settings(
+        ray_address=f"http://127.0.0.1:{free_port()}", database_url=f"sqlite:///{tmp_path / 'db'}",
+        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path)], reconcile_interval_s=0.2,
+    )  # fmt: skip
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings)) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and "ray unreachable" in ready.json()["detail"]
+        assert ready.json()["checks"]["database"] == "ok"
+        job = api.post("/v1/jobs", json={"kind": "simclr", "config": DIGITS}).json()
+        time.sleep(1)
+        queued = api.get(f"/v1/jobs/{job['id']}").json()
+        assert queued["status"] == "queued" and queued["attempts"][0]["state"] == "new"
