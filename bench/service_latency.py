@@ -53,7 +53,10 @@ def serve(database_url: str, port: int) -> None:
 
 
 async def load(
-    base_url: str, requests: list[tuple[str, str, dict]], concurrency: int, headers: dict | None = None
+    base_url: str,
+    requests: list[tuple[str, str, dict]],
+    concurrency: int,
+    headers: dict | None = None,
 ) -> tuple[list[float], float, list[httpx.Response]]:
     """Send ``(method, path, kwargs)`` requests from ``concurrency`` clients; latencies (s),
     wall time and responses in request order."""
@@ -61,7 +64,9 @@ async def load(
     responses: list[httpx.Response | None] = [None] * len(requests)
     cursor = iter(range(len(requests)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, headers=headers, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, headers=headers, timeout=60
+    ) as client:
 
         async def worker() -> None:
             for index in cursor:
@@ -117,7 +122,15 @@ def summary(name: str, latencies: list[float], wall: float, responses: list[http
 def bench_service(label: str, database_url: str, seconds: int) -> list[str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.service_latency", "--serve", database_url, "--port", str(port)]
+        [
+            sys.executable,
+            "-m",
+            "bench.service_latency",
+            "--serve",
+            database_url,
+            "--port",
+            str(port),
+        ]
     )
     base = f"http://127.0.0.1:{port}"
     rows = []
@@ -147,14 +160,20 @@ def bench_service(label: str, database_url: str, seconds: int) -> list[str]:
                    for key in keys * 2]  # fmt: skip
         random.shuffle(submits)
         latencies, wall, responses = asyncio.run(load(base, submits, 64))
-        rows.append(summary(f"{label} POST with Idempotency-Key, 64 clients", latencies, wall, responses))
+        rows.append(
+            summary(f"{label} POST with Idempotency-Key, 64 clients", latencies, wall, responses)
+        )
         by_key: dict[str, set[str]] = {}
         for (_, _, kwargs), response in zip(submits, responses, strict=True):
-            by_key.setdefault(kwargs["headers"]["Idempotency-Key"], set()).add(response.json()["id"])
+            by_key.setdefault(kwargs["headers"]["Idempotency-Key"], set()).add(
+                response.json()["id"]
+            )
         created = sum(r.status_code == 202 for r in responses)
         replayed = sum(r.status_code == 200 for r in responses)
-        exactly_once = created == len(keys) and replayed == len(keys) and all(
-            len(ids) == 1 for ids in by_key.values()
+        exactly_once = (
+            created == len(keys)
+            and replayed == len(keys)
+            and all(len(ids) == 1 for ids in by_key.values())
         )
         rows.append(f"<!-- idempotency {label}: {len(submits)} submits of {len(keys)} keys: "
                     f"{created} created (202), {replayed} replayed (200), one job per key: "

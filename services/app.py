@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from services import problems
 from services.dispatcher import Dispatcher
-from services.routes import health, internal, jobs
+from services.routes import evaluations, health, internal, jobs
 from services.service import Service
 from services.settings import Settings
 from services.telemetry import LatencyMiddleware
@@ -43,5 +43,6 @@ def create_app(
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(evaluations.router)
     app.include_router(internal.router)
     return app

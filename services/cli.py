@@ -4,6 +4,7 @@
     simclr submit KIND --config FILE [--workers N] [--follow]
     simclr jobs [--status S] [--kind K]
     simclr get ID | logs ID [--follow] | cancel ID | retry ID
+    simclr eval JOB_ID [--checkpoint NAME] [--dataset NAME --root DIR] [--mode fast|augmented]
 
 The client reads ``SIMCLR_URL`` (default http://127.0.0.1:8000) and ``SIMCLR_API_TOKEN``.
 """
@@ -30,7 +31,9 @@ def serve(args: argparse.Namespace) -> None:
     from services.app import create_app
     from services.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
@@ -44,7 +47,9 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(row.get(c, "") if row.get(c) is not None else "") for c in columns] for row in rows]
+    cells = [
+        [str(row.get(c, "") if row.get(c) is not None else "") for c in columns] for row in rows
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -57,12 +62,29 @@ def describe(job: dict[str, Any]) -> str:
         f"job        {job['id']} ({job['kind']}, {job['name']})",
         f"status     {job['status']}" + (f": {job['error']}" if job.get("error") else ""),
         f"workers    {job['resources']['num_workers']} x "
-        f"{job['resources']['cpus_per_worker']} CPU" + (" + GPU" if job["resources"]["use_gpu"] else ""),
+        f"{job['resources']['cpus_per_worker']} CPU"
+        + (" + GPU" if job["resources"]["use_gpu"] else ""),
         f"attempt    {attempt['number']}/{job['max_attempts']}: {attempt['state']} "
         f"({attempt['submission_id']})",
     ]
     if attempt.get("dashboard_url"):
         lines.append(f"dashboard  {attempt['dashboard_url']}")
+    return "\n".join(lines)
+
+
+def describe_evaluation(evaluation: dict[str, Any]) -> str:
+    lines = [
+        f"evaluation {evaluation['id']}: {evaluation['mode']} linear probe of "
+        f"{evaluation['job_id']} at {evaluation['checkpoint']} on {evaluation['dataset']['name']}",
+        f"status     {evaluation['status']}"
+        + (f": {evaluation['error']}" if evaluation.get("error") else ""),
+    ]
+    result = evaluation.get("result")
+    if result:
+        lines.append(
+            f"result     top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['mode']}, "
+            f"{result['epochs']} epochs, {result['train_images']} train / {result['test_images']} test images)"
+        )
     return "\n".join(lines)
 
 
@@ -87,11 +109,13 @@ def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
             time.sleep(poll_s)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("serve", help="run the API (embedded default: SQLite and a local Ray head)")
+    p = commands.add_parser(
+        "serve", help="run the API (embedded default: SQLite and a local Ray head)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p = commands.add_parser("submit", help="submit a job")
@@ -109,10 +133,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=50)
     for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("retry", "retry a job")):
         commands.add_parser(name, help=text).add_argument("job_id")
+    p = commands.add_parser("eval", help="score a pretraining job's checkpoint with a linear probe")
+    p.add_argument("job_id")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint's name")
+    p.add_argument("--dataset", help="data set name (default: the pretraining job's data)")
+    p.add_argument("--root", help="the data set's directory")
+    p.add_argument("--class-list", help="ImageNet: a file of class folders (ImageNet-100, ...)")
+    p.add_argument("--mode", choices=["fast", "augmented"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--wait", action="store_true", help="wait for the result")
     p = commands.add_parser("logs", help="print a job's log")
     p.add_argument("job_id")
     p.add_argument("--follow", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
         return
@@ -128,6 +166,20 @@ def main(argv: list[str] | None = None) -> None:
                 job = follow(client, job["id"])
                 print(describe(job))
                 sys.exit(0 if job["status"] == "succeeded" else 1)
+        elif args.command == "eval":
+            dataset = None
+            if args.dataset:
+                dataset = {k: v for k, v in {"name": args.dataset, "root": args.root,
+                                             "class_list": args.class_list}.items() if v}  # fmt: skip
+            config = {k: v for k, v in {"mode": args.mode, "epochs": args.epochs}.items() if v}
+            evaluation = client.evaluate(args.job_id, args.checkpoint, dataset, config,
+                                         {"num_workers": args.workers})  # fmt: skip
+            print(describe_evaluation(evaluation))
+            if args.wait:
+                client.wait(evaluation["id"])
+                evaluation = client.evaluation(evaluation["id"])
+                print(describe_evaluation(evaluation))
+                sys.exit(0 if evaluation["status"] == "succeeded" else 1)
         elif args.command == "jobs":
             rows = [
                 {**job, "workers": job["resources"]["num_workers"],

@@ -23,17 +23,27 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30):
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30,
+        http: httpx.Client | None = None,
+    ):
+        """``SIMCLR_URL`` and ``SIMCLR_API_TOKEN`` unless given; ``http`` replaces the transport
+        (a FastAPI ``TestClient`` in tests)."""
         url = url or os.environ.get("SIMCLR_URL", DEFAULT_URL)
         token = token or os.environ.get("SIMCLR_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
-            raise ApiError(0, f"no service at {self.http.base_url} (start one: simclr serve)") from None
+            raise ApiError(
+                0, f"no service at {self.http.base_url} (start one: simclr serve)"
+            ) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -56,7 +66,35 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=body, headers=headers)
 
-    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict]:
+    def evaluate(
+        self,
+        job_id: str,
+        checkpoint: str = "latest",
+        dataset: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"job_id": job_id, "checkpoint": checkpoint, "dataset": dataset,
+                                "config": config or {}}  # fmt: skip
+        if resources:
+            body["resources"] = resources
+        return self._call("POST", "/v1/evaluations", json=body)
+
+    def evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def evaluations(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/evaluations")
+
+    def wait(self, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+        """The job once it has finished."""
+        while (job := self.job(job_id))["status"] not in FINISHED:
+            time.sleep(poll_s)
+        return job
+
+    def jobs(
+        self, status: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[dict]:
         params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
         return self._call("GET", "/v1/jobs", params=params)["items"]
 

@@ -2,8 +2,9 @@
 
 Starts ``simclr serve`` (the embedded default: SQLite under ``.simclr/`` and a local Ray head with
 its dashboard), submits SimCLR on the bundled digits (``configs/digits-demo.yaml``) on 2 Ray Train
-workers, follows it with a progress bar, prints the job, its loss, checkpoints and artifacts and
-the dashboard's address, then shuts the service (and its Ray head) down.
+workers, follows it with a progress bar, prints the job, its loss, checkpoints and artifacts, scores
+the latest checkpoint with a linear probe (``POST /v1/evaluations``: its own Ray job), prints the
+result and the dashboard's address, then shuts the service (and its Ray head) down.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.cli import describe, follow, read_config, table
+from services.cli import describe, describe_evaluation, follow, read_config, table
 from services.client import Client
 from services.ray_head import free_port
 
@@ -41,7 +42,9 @@ def start_service(port: int, dashboard_port: int, log_path: Path) -> subprocess.
         )  # fmt: skip
 
 
-def wait_ready(client: Client, service: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+def wait_ready(
+    client: Client, service: subprocess.Popen, log_path: Path, timeout: float = 180
+) -> None:
     deadline = time.monotonic() + timeout
     while not client.ready():
         if service.poll() is not None or time.monotonic() > deadline:
@@ -86,9 +89,22 @@ def main(argv: list[str] | None = None) -> None:
         artifacts = client.artifacts(job["id"])
         print(table([{**a, "url": f"http://127.0.0.1:{port}{a['url']}"} for a in artifacts],
                     ["name", "content_type", "size", "url"]))  # fmt: skip
+        print(
+            "\nlinear evaluation of the latest checkpoint (its own Ray job, fast mode) ...",
+            flush=True,
+        )
+        evaluation = client.evaluate(job["id"], "latest", resources={"num_workers": args.workers})
+        client.wait(evaluation["id"])
+        evaluation = client.evaluation(evaluation["id"])
+        print(describe_evaluation(evaluation))
+        if evaluation["status"] != "succeeded":
+            print(client.logs(evaluation["id"])["text"][-3000:])
+            raise SystemExit(f"the evaluation {evaluation['status']}")
         print(f"\nRay dashboard (jobs and Train runs): http://127.0.0.1:{dashboard_port}"
               f"  (job {job['attempts'][-1]['submission_id']})")  # fmt: skip
-        print(f"the record stays in {STATE_DIR / 'simclr.db'}: `simclr serve`, then `simclr get {job['id']}`")
+        print(
+            f"the record stays in {STATE_DIR / 'simclr.db'}: `simclr serve`, then `simclr get {job['id']}`"
+        )
     finally:
         print("\nshutting the service and its Ray head down ...", flush=True)
         service.send_signal(signal.SIGINT)

@@ -59,6 +59,9 @@ def job_spec(job: Job, storage_path: str) -> JobSpec:
         config=job.config,
         resources=job.resources,
         storage_path=storage_path,
+        # an evaluation is short and restarts from scratch: its errors (a corrupt checkpoint) are
+        # not worth repeating; pretraining resumes from its checkpoint after a worker failure
+        max_failures=0 if job.kind == "linear_probe" else 3,
     )
 
 

@@ -7,9 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.config import DatasetConfig, SimCLRConfig
+from trainer.config import DatasetConfig
+from trainer.spec import CONFIG_MODELS
 
-KIND_CONFIGS: dict[str, type[BaseModel]] = {"simclr": SimCLRConfig}
+KIND_CONFIGS: dict[str, type[BaseModel]] = CONFIG_MODELS
+# What POST /v1/jobs runs; evaluations (kind linear_probe) come through /v1/evaluations, which
+# resolves the checkpoint path itself.
+PRETRAINING_KINDS = ("simclr",)
 
 
 class ConfigError(ValueError):
@@ -20,14 +24,21 @@ class ConfigError(ValueError):
         self.errors = errors
 
 
-def validate_config(kind: str, config: dict[str, Any]) -> BaseModel:
+def validate_config(
+    kind: str, config: dict[str, Any], loc: tuple[str, ...] = ("body", "config")
+) -> BaseModel:
     """``config`` as the kind's model (extra fields forbidden, defaults filled in)."""
+    return validate_model(KIND_CONFIGS[kind], config, loc)
+
+
+def validate_model(model: type[BaseModel], data: dict[str, Any], loc: tuple[str, ...]) -> BaseModel:
+    """``data`` as ``model``; errors located under ``loc`` in the request."""
     try:
-        return KIND_CONFIGS[kind].model_validate(config)
+        return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(
             [
-                {"loc": ("body", "config", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+                {"loc": (*loc, *e["loc"]), "msg": e["msg"], "type": e["type"]}
                 for e in error.errors(include_url=False)
             ]
         ) from None

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from services.kinds import KIND_CONFIGS
+from services.kinds import PRETRAINING_KINDS
 from trainer.spec import Resources
 
-JobKind = Literal[tuple(KIND_CONFIGS)]  # type: ignore[valid-type]
+JobKind = Literal[PRETRAINING_KINDS]  # type: ignore[valid-type]
 # SQLite returns naive datetimes; every stored time is UTC.
 UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))
@@ -58,6 +58,8 @@ class JobOut(BaseModel):
     attempts: list[AttemptOut]
     max_attempts: int
     error: str | None
+    result: dict[str, Any] | None = None
+    source_job_id: str | None = None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
@@ -67,6 +69,47 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(
         description="pass as ?cursor= for the next page; null on the last"
     )
+
+
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(description="the pretraining job whose checkpoint is scored")
+    checkpoint: str = Field(default="latest", description="'latest' or a checkpoint's name")
+    dataset: dict[str, Any] | None = Field(
+        default=None, description="a dataset config; default: the pretraining job's"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="mode, epochs, batch_size, base_lr, seed (paper defaults)"
+    )
+    resources: Resources = Field(default_factory=Resources)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class ProbeResultOut(BaseModel):
+    top1: float
+    top5: float
+    mode: str
+    epochs: int
+    train_images: int
+    test_images: int
+    seconds: float | None = None
+
+
+class EvaluationOut(BaseModel):
+    id: str
+    job_id: str
+    checkpoint: str
+    status: JobStatus
+    mode: str
+    dataset: dict[str, Any]
+    config: dict[str, Any]
+    resources: dict[str, Any]
+    attempts: list[AttemptOut]
+    result: ProbeResultOut | None
+    error: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class MetricOut(BaseModel):

@@ -22,7 +22,9 @@ class CapacityDispatcher(NoopDispatcher):
         return [{"CPU": 4.0, "memory": 8e9}]
 
 
-def make_client(database_url, tmp_path, dispatcher=None, raise_errors=True, **settings) -> TestClient:
+def make_client(
+    database_url, tmp_path, dispatcher=None, raise_errors=True, **settings
+) -> TestClient:
     settings = Settings(
         database_url=database_url, storage_path=str(tmp_path / "runs"),
         data_roots=[str(tmp_path / "data")], internal_token=INTERNAL, **settings,
@@ -38,7 +40,9 @@ def api(database_url, tmp_path):
 
 
 def submit(api: TestClient, config=DIGITS, headers=None, **fields):
-    return api.post("/v1/jobs", json={"kind": "simclr", "config": config, **fields}, headers=headers)
+    return api.post(
+        "/v1/jobs", json={"kind": "simclr", "config": config, **fields}, headers=headers
+    )
 
 
 def assert_problem(response, status: int, *fragments: str) -> dict:
@@ -84,7 +88,10 @@ def test_invalid_configs_are_422_problems_naming_the_field(api, config, field):
 def test_unknown_kind_and_bad_resources_are_rejected(api):
     assert_problem(api.post("/v1/jobs", json={"kind": "word2vec"}), 422, "kind")
     assert_problem(submit(api, resources={"num_workers": 0}), 422, "resources.num_workers")
-    assert_problem(api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_problem(
+        api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+    )
 
 
 def test_idempotency_key_same_body_200_different_body_409(api):
@@ -129,11 +136,16 @@ def test_auth_when_a_token_is_set(database_url, tmp_path):
         assert_problem(wrong, 401)
         ok = {"Authorization": "Bearer s3cret"}
         assert api.get("/v1/jobs", headers=ok).status_code == 200
-        assert api.post("/v1/jobs", json={"kind": "simclr", "config": DIGITS}, headers=ok).status_code == 202
+        assert (
+            api.post("/v1/jobs", json={"kind": "simclr", "config": DIGITS}, headers=ok).status_code
+            == 202
+        )
         # the API token does not open the workers' endpoints, and theirs does not open the API
         job_id = api.get("/v1/jobs", headers=ok).json()["items"][0]["id"]
         report = {"points": [{"step": 1, "epoch": 0, "name": "loss", "value": 1.0}]}
-        assert_problem(api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report, headers=ok), 401)
+        assert_problem(
+            api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report, headers=ok), 401
+        )
         internal = {"Authorization": f"Bearer {INTERNAL}"}
         assert_problem(api.get("/v1/jobs", headers=internal), 401)
 
@@ -143,7 +155,9 @@ def test_list_filters_and_paginates(api):
     api.post(f"/v1/jobs/{ids[0]}/cancel")
     pages, cursor = [], None
     while True:
-        body = api.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        body = api.get(
+            "/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+        ).json()
         pages.append([job["id"] for job in body["items"]])
         cursor = body["next_cursor"]
         if not cursor:
@@ -177,24 +191,47 @@ def test_worker_reports_become_metrics_checkpoints_and_artifacts(api):
     auth = {"Authorization": f"Bearer {INTERNAL}"}
     points = [{"step": s, "epoch": 0, "name": n, "value": v}
               for s in (1, 2) for n, v in (("loss", 6.0 - s), ("lr", 0.1 * s))]  # fmt: skip
-    assert api.post(f"/internal/v1/jobs/{job_id}/metrics", json={"points": points}, headers=auth).status_code == 204
+    assert (
+        api.post(
+            f"/internal/v1/jobs/{job_id}/metrics", json={"points": points}, headers=auth
+        ).status_code
+        == 204
+    )
     checkpoint = {"name": "step-00000002", "step": 2, "epoch": 0, "path": f"/runs/{job_id}/step-00000002",
                   "metrics": {"loss": 4.0}, "keep": 2}  # fmt: skip
-    assert api.post(f"/internal/v1/jobs/{job_id}/checkpoints", json=checkpoint, headers=auth).status_code == 201
+    assert (
+        api.post(
+            f"/internal/v1/jobs/{job_id}/checkpoints", json=checkpoint, headers=auth
+        ).status_code
+        == 201
+    )
     png = b"\x89PNG\r\n\x1a\nfake"
     put = api.put(f"/internal/v1/jobs/{job_id}/artifacts/views.png", content=png,
                   headers={**auth, "Content-Type": "image/png"})  # fmt: skip
     assert put.status_code == 204
-    assert_problem(api.put(f"/internal/v1/jobs/{job_id}/artifacts/.hidden", content=b"", headers=auth), 422, "artifact name")
-    assert_problem(api.post("/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=auth), 404)
+    assert_problem(
+        api.put(f"/internal/v1/jobs/{job_id}/artifacts/.hidden", content=b"", headers=auth),
+        422,
+        "artifact name",
+    )
+    assert_problem(
+        api.post("/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=auth), 404
+    )
 
     metrics = api.get(f"/v1/jobs/{job_id}/metrics").json()
     assert [(m["step"], m["name"], m["value"]) for m in metrics] == [
-        (1, "loss", 5.0), (1, "lr", 0.1), (2, "loss", 4.0), (2, "lr", 0.2)
+        (1, "loss", 5.0),
+        (1, "lr", 0.1),
+        (2, "loss", 4.0),
+        (2, "lr", 0.2),
     ]
     assert len(api.get(f"/v1/jobs/{job_id}/metrics?name=loss&after_step=1").json()) == 1
     [listed] = api.get(f"/v1/jobs/{job_id}/checkpoints").json()
-    assert listed["name"] == "step-00000002" and listed["available"] and listed["metrics"]["loss"] == 4.0
+    assert (
+        listed["name"] == "step-00000002"
+        and listed["available"]
+        and listed["metrics"]["loss"] == 4.0
+    )
     [artifact] = api.get(f"/v1/jobs/{job_id}/artifacts").json()
     assert artifact["size"] == len(png) and artifact["content_type"] == "image/png"
     image = api.get(artifact["url"])
@@ -223,7 +260,10 @@ def test_health_readiness_and_prometheus_metrics(api):
     api.get("/v1/jobs")
     text = api.get("/metrics").text
     assert 'simclr_jobs{status="queued"} 1.0' in text
-    assert 'simclr_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"}' in text
+    assert (
+        'simclr_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"}'
+        in text
+    )
     assert 'route="/v1/jobs/{job_id}' not in text or "job-2" not in text  # templates, not paths
 
 
@@ -244,3 +284,71 @@ def test_openapi_documents_the_api(api):
                  "/v1/jobs/{job_id}/artifacts", "/healthz", "/readyz"):  # fmt: skip
         assert path in paths
     assert api.get("/docs").status_code == 200
+
+
+def report_checkpoint(
+    api: TestClient, job_id: str, step: int, keep: int = 2, path: str | None = None
+):
+    body = {"name": f"step-{step:08d}", "step": step, "epoch": 0, "keep": keep,
+            "path": path or f"/runs/{job_id}/step-{step:08d}", "metrics": {"loss": 1.0}}  # fmt: skip
+    response = api.post(f"/internal/v1/jobs/{job_id}/checkpoints", json=body,
+                        headers={"Authorization": f"Bearer {INTERNAL}"})  # fmt: skip
+    assert response.status_code == 201
+
+
+def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
+    job_id = submit(api).json()["id"]
+    for step in (2, 4, 6):
+        report_checkpoint(api, job_id, step)
+    response = api.post("/v1/evaluations", json={"job_id": job_id, "config": {"epochs": 30}})
+    assert response.status_code == 202, response.text
+    evaluation = response.json()
+    assert response.headers["location"] == f"/v1/evaluations/{evaluation['id']}"
+    assert evaluation["job_id"] == job_id and evaluation["checkpoint"] == "step-00000006"
+    assert evaluation["mode"] == "fast" and evaluation["dataset"]["name"] == "digits"
+    assert evaluation["config"]["epochs"] == 30 and evaluation["config"]["base_lr"] == 0.1
+    assert evaluation["status"] == "queued" and evaluation["result"] is None
+    # its own job of kind linear_probe, with the path the service resolved
+    as_job = api.get(f"/v1/jobs/{evaluation['id']}").json()
+    assert as_job["kind"] == "linear_probe" and as_job["source_job_id"] == job_id
+    assert as_job["config"]["checkpoint_path"] == f"/runs/{job_id}/step-00000006"
+
+    named = api.post("/v1/evaluations", json={"job_id": job_id, "checkpoint": "step-00000004",
+                                              "config": {"mode": "augmented"}}).json()  # fmt: skip
+    assert named["checkpoint"] == "step-00000004" and named["mode"] == "augmented"
+    result = {"top1": 97.5, "top5": 100.0, "mode": "fast", "epochs": 30, "train_images": 1347,
+              "test_images": 450, "seconds": 3.2}  # fmt: skip
+    reported = api.post(f"/internal/v1/jobs/{evaluation['id']}/result", json=result,
+                        headers={"Authorization": f"Bearer {INTERNAL}"})  # fmt: skip
+    assert reported.status_code == 204
+    assert api.get(f"/v1/evaluations/{evaluation['id']}").json()["result"] == result
+    listed = api.get(f"/v1/jobs/{job_id}/evaluations").json()
+    assert [e["id"] for e in listed] == [named["id"], evaluation["id"]]
+
+
+def test_evaluation_errors(api, tmp_path):
+    job_id = submit(api).json()["id"]
+    assert_problem(api.post("/v1/evaluations", json={"job_id": "job-nope"}), 404, "job-nope")
+    assert_problem(
+        api.post("/v1/evaluations", json={"job_id": job_id}), 404, "no checkpoint 'latest'"
+    )
+    for step in (2, 4, 6):
+        report_checkpoint(api, job_id, step)
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "checkpoint": "step-00000002"}),
+                   409, "pruned", "step-00000004, step-00000006")  # fmt: skip
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "config": {"checkpoint_path": "/etc"}}),
+                   422, "config.checkpoint_path")  # fmt: skip
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "config": {"mode": "slow"}}),
+                   422, "config.mode")  # fmt: skip
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "dataset": {"name": "imagenet", "root": "/etc"}}),
+                   422, "dataset.root", "data roots")  # fmt: skip
+    assert_problem(
+        api.post("/v1/evaluations", json={"job_id": job_id, "config": {"crop_scale": [0.9, 0.1]}}),
+        422, "crop_scale",
+    )  # fmt: skip
+    evaluation_id = api.post("/v1/evaluations", json={"job_id": job_id}).json()["id"]
+    assert_problem(
+        api.post("/v1/evaluations", json={"job_id": evaluation_id}), 422, "not a pretraining job"
+    )
+    assert_problem(api.get(f"/v1/evaluations/{job_id}"), 404, "simclr job")
+    assert_problem(api.post("/v1/jobs", json={"kind": "linear_probe", "config": {}}), 422, "kind")

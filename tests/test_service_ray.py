@@ -45,7 +45,9 @@ class ServiceThread:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+            assert self.thread.is_alive() and time.monotonic() < deadline, (
+                "the service did not start"
+            )
             time.sleep(0.05)
         return self
 
@@ -165,3 +167,39 @@ def test_readiness_reports_an_unreachable_cluster_and_jobs_wait_queued(tmp_path)
         time.sleep(1)
         queued = api.get(f"/v1/jobs/{job['id']}").json()
         assert queued["status"] == "queued" and queued["attempts"][0]["state"] == "new"
+
+
+def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fails_cleanly(
+    settings, tmp_path
+):
+    client = Client(f"http://127.0.0.1:{settings.port}")
+    with ServiceThread(settings):
+        job = client.submit("simclr", {**DIGITS, "max_steps": 2}, {"num_workers": 1}, "to score")
+        assert client.wait(job["id"])["status"] == "succeeded"
+        evaluation = client.evaluate(job["id"], config={"epochs": 30}, resources={"num_workers": 2})
+        corrupt_dir = tmp_path / "corrupt"
+        corrupt_dir.mkdir()
+        (corrupt_dir / "state.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+        reported = client.http.post(
+            f"/internal/v1/jobs/{job['id']}/checkpoints",
+            json={"name": "step-99999999", "step": 99999999, "epoch": 9, "path": str(corrupt_dir)},
+            headers={"Authorization": f"Bearer {settings.internal_token}"},
+        )
+        assert reported.status_code == 201
+        broken = client.evaluate(job["id"], "step-99999999", config={"epochs": 5})
+
+        done = client.evaluation(client.wait(evaluation["id"])["id"])
+        assert done["status"] == "succeeded", done["error"]
+        result = done["result"]
+        assert result["mode"] == "fast" and result["epochs"] == 30
+        assert (result["train_images"], result["test_images"]) == (1347, 450)
+        assert 50 < result["top1"] <= result["top5"] <= 100
+        assert done["checkpoint"] == "step-00000002"
+        assert Path(settings.storage_path, "features", job["id"], "step-00000002").is_dir()
+
+        failed = client.evaluation(client.wait(broken["id"])["id"])
+        assert failed["status"] == "failed" and failed["result"] is None
+        assert "unreadable" in failed["error"], failed["error"]
+        assert len(failed["attempts"]) == 1  # not retried: the checkpoint will not get better
+        assert client.ready() and client.job(job["id"])["status"] == "succeeded"
+        assert {e["id"] for e in client.evaluations(job["id"])} == {evaluation["id"], broken["id"]}

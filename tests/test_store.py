@@ -131,12 +131,17 @@ def test_submit_refusals_fail_the_job_after_the_limit(store):
 
 def test_metrics_replayed_after_a_resume_replace_the_earlier_points(store):
     job, _ = new_job(store)
-    store.add_metrics(job.id, [{"step": s, "epoch": 0, "name": "loss", "value": 5.0 - s} for s in (1, 2, 3)])
+    store.add_metrics(
+        job.id, [{"step": s, "epoch": 0, "name": "loss", "value": 5.0 - s} for s in (1, 2, 3)]
+    )
     store.add_metrics(job.id, [{"step": 3, "epoch": 0, "name": "loss", "value": 9.0},
                                {"step": 3, "epoch": 0, "name": "lr", "value": 0.1}])  # fmt: skip
     points = store.list_metrics(job.id)
     assert [(p.step, p.name, p.value) for p in points] == [
-        (1, "loss", 4.0), (2, "loss", 3.0), (3, "loss", 9.0), (3, "lr", 0.1)
+        (1, "loss", 4.0),
+        (2, "loss", 3.0),
+        (3, "loss", 9.0),
+        (3, "lr", 0.1),
     ]
     assert [p.step for p in store.list_metrics(job.id, name="loss", after_step=1)] == [2, 3]
 

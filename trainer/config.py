@@ -136,6 +136,57 @@ class SimCLRConfig(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1)
 
 
+class LinearProbeSettings(StrictModel):
+    """What a user chooses about a linear evaluation (paper App. B.5): the protocol's defaults."""
+
+    mode: Literal["fast", "augmented"] | None = Field(
+        default=None,
+        description="fast: a classifier on features extracted once from un-augmented images (cached); "
+        "augmented: the paper's protocol, random-resized-crop + flip through the frozen encoder every "
+        "epoch. Default: augmented for imagenet, fast for the rest",
+    )
+    epochs: int = Field(default=90, ge=1)
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="global batch; lr = base_lr x B / 256. Default: the paper's 4096 on imagenet, "
+        "256 on the smaller sets (an epoch of a few thousand images would be one step)",
+    )
+    base_lr: float = Field(default=0.1, gt=0)
+    crop_scale: tuple[float, float] = Field(
+        default=(0.08, 1.0),
+        description="augmented mode: area range of the random-resized crop (the paper's 0.08-1)",
+    )
+    flip: bool = Field(default=True, description="augmented mode: random horizontal flip")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _crop_scale_range(self) -> LinearProbeSettings:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        return self
+
+
+class LinearProbeConfig(LinearProbeSettings):
+    """A linear evaluation job: the settings, the data, and the checkpoint the service resolved."""
+
+    source_job_id: str
+    checkpoint: str = Field(description="the checkpoint's name (its id in the service)")
+    checkpoint_path: str = Field(
+        description="the checkpoint directory (or state.pt) on the storage"
+    )
+    dataset: DatasetConfig
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or ("augmented" if self.dataset.name == "imagenet" else "fast")
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return self.batch_size or (4096 if self.dataset.name == "imagenet" else 256)
+
+
 def read_mapping(path: str | Path) -> dict:
     """The mapping a YAML or JSON file holds; errors name the file."""
     import yaml

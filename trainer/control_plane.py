@@ -53,6 +53,10 @@ class ControlPlaneReporter:
                 "keep": keep}  # fmt: skip
         self._send("POST", "checkpoints", {"json": body})
 
+    def result(self, result: dict[str, Any]) -> None:
+        """A job's final result (a linear probe's accuracy)."""
+        self._send("POST", "result", {"json": result})
+
     def artifact(self, name: str, data: bytes, content_type: str) -> None:
         request = {"content": data, "headers": {"Content-Type": content_type}}
         self._send("PUT", f"artifacts/{name}", request)

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from trainer.config import SimCLRConfig
 from trainer.log import configure_logging
 from trainer.spec import JobSpec
 
@@ -42,6 +43,33 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
     run_simclr(spec.config, session, progress=False)
 
 
+def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
+    """A linear evaluation (``trainer.evaluate``) on one rank; rank 0 reports the result."""
+    from dataclasses import asdict
+
+    import ray.train
+    import ray.train.torch
+
+    from trainer.control_plane import ControlPlaneReporter
+    from trainer.evaluate import run_linear_probe
+
+    configure_logging()
+    spec = JobSpec.model_validate(loop_config["spec"])
+    context = ray.train.get_context()
+    result = run_linear_probe(
+        spec.config, loop_config["storage"], context.get_world_rank(), context.get_world_size(),
+        ray.train.torch.get_device(), prepare=ray.train.torch.prepare_model,
+    )  # fmt: skip
+    if result is not None:
+        log.info("linear probe of %s: %s", spec.config.checkpoint, asdict(result))
+        reporter = ControlPlaneReporter.from_env(spec.job_id)
+        if reporter is not None:
+            reporter.result(asdict(result))
+
+
+WORKER_LOOPS = {"simclr": simclr_worker_loop, "linear_probe": linear_probe_worker_loop}
+
+
 def build_trainer(spec: JobSpec):
     """The ``TorchTrainer`` for ``spec``: its scaling, storage, failure and checkpoint settings."""
     import ray.train
@@ -55,9 +83,10 @@ def build_trainer(spec: JobSpec):
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     return TorchTrainer(
-        simclr_worker_loop,
+        WORKER_LOOPS[spec.kind],
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
+            "storage": storage,
             "run_dir": f"{storage.rstrip('/')}/{spec.job_id}",
         },
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
@@ -70,7 +99,11 @@ def build_trainer(spec: JobSpec):
             name=spec.job_id,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.config.keep_checkpoints
+                if isinstance(spec.config, SimCLRConfig)
+                else None
+            ),
         ),
     )
 

@@ -20,11 +20,23 @@ from trainer.data.augment import to_float_images
 
 @dataclass
 class ProbeResult:
+    """Top-1 and top-5 test accuracy in percent, and how they were obtained."""
+
     top1: float
     top5: float
     epochs: int
     train_images: int
     test_images: int
+    mode: str = "fast"
+    seconds: float | None = None
+
+
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (fractions) of ``logits`` (N, K); top-5 is top-K when K < 5."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    top1 = (top[:, 0] == labels).float().mean().item()
+    top5 = (top == labels[:, None]).any(dim=1).float().mean().item()
+    return top1, top5
 
 
 def center_view(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> torch.Tensor:
@@ -89,11 +101,12 @@ def train_linear_probe(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         classifier.reset_parameters()
+    batch_size = min(batch_size, train_x.shape[0])  # a small set: one full batch per epoch
     peak_lr = base_lr * batch_size / 256
     optimizer = torch.optim.SGD(
         classifier.parameters(), lr=peak_lr, momentum=0.9, nesterov=True, weight_decay=0.0
     )
-    steps_per_epoch = max(1, train_x.shape[0] // batch_size)
+    steps_per_epoch = train_x.shape[0] // batch_size
     total_steps = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     for _ in range(epochs):
@@ -106,9 +119,5 @@ def train_linear_probe(
             optimizer.step()
             scheduler.step()
     with torch.no_grad():
-        logits = classifier(test_x)
-    k = min(5, num_classes)
-    top = logits.topk(k, dim=1).indices
-    top1 = (top[:, 0] == test_labels).float().mean().item()
-    top5 = (top == test_labels[:, None]).any(dim=1).float().mean().item()
+        top1, top5 = top_k_accuracy(classifier(test_x), test_labels)
     return ProbeResult(100 * top1, 100 * top5, epochs, train_x.shape[0], test_x.shape[0])

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from trainer.artifacts import views_grid_png
@@ -83,16 +84,19 @@ def run_simclr(
     *,
     stop_after: int | None = None,
     progress: bool = True,
+    dataset: Dataset | None = None,
 ) -> RunResult:
     """Train (or resume) until the schedule's last step, ``config.max_steps``, or ``stop_after``
-    steps in this call, whichever comes first."""
+    steps in this call, whichever comes first. ``dataset`` replaces the one ``config.dataset``
+    names (images already in memory: a benchmark's split); ``config.dataset`` still sets the
+    view size."""
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
     if config.precision == "bf16" and device.type != "cuda":
         log.warning("precision bf16 needs CUDA; running in fp32 on %s", device)
 
-    dataset = build_dataset(config.dataset, "train")
+    dataset = dataset if dataset is not None else build_dataset(config.dataset, "train")
     per_epoch = steps_per_epoch(len(dataset), config.batch_size)
     schedule = LearningRateSchedule(config, per_epoch)
     torch.manual_seed(config.seed)  # the same initial weights on every rank

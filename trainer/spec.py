@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from trainer.config import SimCLRConfig, StrictModel
+from trainer.config import LinearProbeConfig, SimCLRConfig, StrictModel
 
+# Each job kind's config model; the kind names the worker loop that runs it (trainer.driver).
+CONFIG_MODELS: dict[str, type[BaseModel]] = {
+    "simclr": SimCLRConfig,
+    "linear_probe": LinearProbeConfig,
+}
+JobKind = Literal["simclr", "linear_probe"]
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -28,11 +34,21 @@ class JobSpec(StrictModel):
     latest checkpoint under ``storage_path/<job_id>``."""
 
     job_id: str
-    kind: Literal["simclr"] = "simclr"
-    config: SimCLRConfig
+    kind: JobKind = "simclr"
+    config: SimCLRConfig | LinearProbeConfig
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _config_of_its_kind(cls, data: Any) -> Any:
+        """Validate ``config`` with the model of ``kind`` (errors then name that model's fields)."""
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            model = CONFIG_MODELS.get(data.get("kind", "simclr"))
+            if model is not None:
+                data = {**data, "config": model.model_validate(data["config"])}
+        return data
 
     @field_validator("job_id")
     @classmethod

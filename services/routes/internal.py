@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 
 from services.auth import require_internal_token
 from services.routes.deps import ServiceDep
-from services.schemas import CheckpointIn, CheckpointOut, MetricsIn
+from services.schemas import CheckpointIn, CheckpointOut, MetricsIn, ProbeResultOut
 
 router = APIRouter(
     prefix="/internal/v1", tags=["internal"], dependencies=[Depends(require_internal_token)]
@@ -30,6 +30,11 @@ def report_metrics(job_id: str, body: MetricsIn, service: ServiceDep) -> None:
 def report_checkpoint(job_id: str, body: CheckpointIn, service: ServiceDep) -> CheckpointOut:
     fields = body.model_dump()
     return CheckpointOut.model_validate(service.store.add_checkpoint(job_id, **fields))
+
+
+@router.post("/jobs/{job_id}/result", status_code=204)
+def report_result(job_id: str, body: ProbeResultOut, service: ServiceDep) -> None:
+    service.store.set_result(job_id, body.model_dump())
 
 
 @router.put("/jobs/{job_id}/artifacts/{name}", status_code=204)

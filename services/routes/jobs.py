@@ -48,10 +48,11 @@ def job_out(job: Job, service: Service) -> JobOut:
     return out
 
 
-def check_data_roots(config: BaseModel, allowed: list[str]) -> None:
-    """Every dataset root must resolve under one of ``allowed`` (``SIMCLR_DATA_ROOTS``)."""
+def check_data_roots(config: BaseModel, allowed: list[str], loc: tuple[str, ...]) -> None:
+    """Every dataset root must resolve under one of ``allowed`` (``SIMCLR_DATA_ROOTS``); ``loc``
+    is where ``config`` sits in the request body."""
     roots = [Path(root).resolve() for root in allowed]
-    for field, root in dataset_roots(config):
+    for field, root in dataset_roots(config, loc):
         if not any(Path(root).resolve().is_relative_to(allowed_root) for allowed_root in roots):
             raise ConfigError(
                 [{"loc": ("body", *field.split(".")), "type": "data_root",
@@ -91,25 +92,42 @@ def create_job(
 ) -> JobOut:
     """Validate the config against its kind, write the job, then submit it to Ray."""
     config = validate_config(body.kind, body.config)
-    check_data_roots(config, service.settings.data_roots)
-    resources = body.resources.model_dump(mode="json")
-    check_capacity(service, resources)
+    job = record_and_submit(
+        service, response, background, body, kind=body.kind, name=body.name, config=config,
+        resources=body.resources, max_attempts=body.max_attempts,
+        idempotency_key=idempotency_key, location="/v1/jobs", config_loc=("config",),
+    )  # fmt: skip
+    return job_out(job, service)
+
+
+def record_and_submit(
+    service: Service, response: Response, background: BackgroundTasks, body: BaseModel, *,
+    kind: str, name: str | None, config: BaseModel, resources: BaseModel,
+    max_attempts: int | None, idempotency_key: str | None, location: str,
+    config_loc: tuple[str, ...], source_job_id: str | None = None,
+) -> Job:  # fmt: skip
+    """Check the data roots and the cluster's capacity, write the job (or find the one an earlier
+    request with this ``Idempotency-Key`` created: 200), then submit it after the response (202)."""
+    check_data_roots(config, service.settings.data_roots, config_loc)
+    resources_json = resources.model_dump(mode="json")
+    check_capacity(service, resources_json)
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
     job, created = service.store.create_job(
-        kind=body.kind,
-        name=body.name,
+        kind=kind,
+        name=name,
         config=config.model_dump(mode="json"),
-        resources=resources,
-        max_attempts=body.max_attempts or service.settings.max_attempts,
+        resources=resources_json,
+        max_attempts=max_attempts or service.settings.max_attempts,
         idempotency_key=idempotency_key,
-        request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+        request_hash=hashlib.sha256(f"{location} {canonical}".encode()).hexdigest(),
+        source_job_id=source_job_id,
     )
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = f"{location}/{job.id}"
     if created:
         background.add_task(service.reconciler.submit, job.attempts[-1].submission_id)
     else:
         response.status_code = 200
-    return job_out(job, service)
+    return job
 
 
 @router.get("/jobs", response_model=JobPage)

@@ -56,6 +56,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
+def _summarise(message: str, tail: int = 3000) -> str:
+    """Ray's message of a failed job: its first line and the end of the log it appends (where
+    the exception is), not the whole 20,000 characters."""
+    if len(message) <= tail + 200:
+        return message
+    first, _, rest = message.partition("\n")
+    return f"{first}\n...\n{rest[-tail:]}"
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -76,6 +85,7 @@ class Store:
         max_attempts: int,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        source_job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Write a queued job and its first attempt; return it and whether it is new.
 
@@ -92,6 +102,7 @@ class Store:
                 id=job_id, kind=kind, name=name or job_id, status="queued", config=config,
                 resources=resources, max_attempts=max_attempts,
                 idempotency_key=idempotency_key, request_hash=request_hash,
+                source_job_id=source_job_id,
             )  # fmt: skip
             job.attempts.append(
                 Attempt(number=1, submission_id=submission_id(job_id, 1), state="new", log="")
@@ -127,6 +138,7 @@ class Store:
         kind: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        source_job_id: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """Newest first; ``cursor`` continues after the last job of the previous page."""
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
@@ -134,6 +146,8 @@ class Store:
             query = query.where(Job.status == status)
         if kind:
             query = query.where(Job.kind == kind)
+        if source_job_id:
+            query = query.where(Job.source_job_id == source_job_id)
         if cursor:
             created, job_id = _decode_cursor(cursor)
             if self.engine.dialect.name == "sqlite":
@@ -282,7 +296,7 @@ class Store:
                 job.status = "running"
             elif state == "failed":
                 job.status = "failed"
-                job.error = message or "the Ray job failed"
+                job.error = _summarise(message or "the Ray job failed")
             elif state == "stopped":
                 job.status = "cancelled"
                 job.error = "the Ray job was stopped outside the service"
@@ -298,6 +312,10 @@ class Store:
         return self.get_job(job.id)
 
     # -- what workers report ------------------------------------------------------------------
+
+    def set_result(self, job_id: str, result: dict[str, Any]) -> None:
+        with self._sessions.begin() as session:
+            self._locked(session, job_id).result = result
 
     def add_metrics(self, job_id: str, points: Iterable[dict[str, Any]]) -> int:
         """Store metric points ``{step, epoch, name, value}``; a point reported again (a resumed

@@ -1,7 +1,8 @@
 """The tables of the service's database; ``services/migrations`` creates them (Alembic).
 
-A job has attempts (one Ray job each), metric points, checkpoints, artifacts; an attempt keeps the
-log of its Ray job, so logs outlive the cluster.
+A job has attempts (one Ray job each), metric points, checkpoints, artifacts and, when it computes
+one (a linear evaluation), a result; an evaluation names the job it scores (``source_job_id``). An
+attempt keeps the log of its Ray job, so logs outlive the cluster.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
 
 
 class Job(Base):
@@ -46,6 +50,10 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    source_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

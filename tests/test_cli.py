@@ -1,0 +1,74 @@
+"""The ``simclr`` CLI against the API (no-op dispatcher): every command, readable output, and
+errors as one line, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services import cli
+from services.app import create_app
+from services.client import Client
+from services.dispatcher import NoopDispatcher
+from services.settings import Settings
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db'}", storage_path=str(tmp_path / "runs"),
+                        data_roots=[str(tmp_path)], internal_token="t")  # fmt: skip
+    with TestClient(create_app(settings, NoopDispatcher(), reconcile=False)) as client:
+        monkeypatch.setattr(cli, "Client", lambda: Client(http=client))
+        yield client
+
+
+def run(capsys, *argv: str) -> str:
+    try:
+        cli.main(list(argv))
+    except SystemExit as exit:
+        if exit.code not in (0, None):
+            raise
+    return capsys.readouterr().out
+
+
+def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
+    config = tmp_path / "digits.yaml"
+    config.write_text("dataset: {name: digits}\nbackbone: {name: small_cnn}\nmax_steps: 3\n")
+    out = run(
+        capsys, "submit", "simclr", "--config", str(config), "--workers", "2", "--name", "smoke"
+    )
+    job_id = out.split()[1]
+    assert "status     queued" in out and "2 x 1.0 CPU" in out
+    listing = run(capsys, "jobs")
+    assert listing.splitlines()[0].split() == [
+        "ID",
+        "KIND",
+        "NAME",
+        "STATUS",
+        "WORKERS",
+        "ATTEMPT",
+        "CREATED",
+    ]
+    assert job_id in listing and "smoke" in listing
+    assert '"max_steps": 3' in run(capsys, "get", job_id)
+    assert "cancel" in run(capsys, "cancel", job_id)
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    assert "attempt    2/3" in run(capsys, "retry", job_id)
+    store = api.app.state.service.store
+    store.update_attempt(f"{job_id}-a2", "running", log="hello from the driver\n")
+    assert run(capsys, "logs", job_id) == "hello from the driver\n"
+    api.post(f"/internal/v1/jobs/{job_id}/checkpoints", headers={"Authorization": "Bearer t"},
+             json={"name": "step-00000003", "step": 3, "epoch": 0, "path": "/runs/x"})  # fmt: skip
+    out = run(capsys, "eval", job_id, "--epochs", "10")
+    assert f"fast linear probe of {job_id} at step-00000003 on digits" in out
+
+
+def test_errors_are_one_line(api, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="error: no job 'job-nope'"):
+        cli.main(["get", "job-nope"])
+    with pytest.raises(SystemExit, match="config file not found"):
+        cli.main(["submit", "simclr", "--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: {name: mnist}\n")
+    with pytest.raises(SystemExit, match=r"config\.dataset\.name"):
+        cli.main(["submit", "simclr", "--config", str(bad)])
