@@ -47,10 +47,12 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], loc: tuple[str,
 def dataset_roots(
     config: BaseModel, loc: tuple[str, ...] = ("config",)
 ) -> Iterator[tuple[str, str]]:
-    """``(field location, root)`` of every dataset root in ``config``, however deeply nested."""
+    """``(field location, path)`` of every dataset root and class list in ``config``, however
+    deeply nested: the paths a job reads on the cluster."""
     if isinstance(config, DatasetConfig):
-        if config.root:
-            yield ".".join((*loc, "root")), config.root
+        for field in ("root", "class_list"):
+            if path := getattr(config, field):
+                yield ".".join((*loc, field)), path
         return
     for name in type(config).model_fields:
         value = getattr(config, name)

@@ -109,6 +109,9 @@ def test_dataset_roots_must_lie_under_the_data_roots(api, tmp_path):
     (tmp_path / "data" / "cifar").mkdir(parents=True)
     inside = {"dataset": {"name": "cifar10", "root": str(tmp_path / "data" / "cifar")}}
     assert submit(api, inside).status_code == 202
+    outside_list = {"dataset": {"name": "imagenet", "root": str(tmp_path / "data" / "in"),
+                                "class_list": "/etc/passwd"}}  # fmt: skip
+    assert_problem(submit(api, outside_list), 422, "config.dataset.class_list", "data roots")
     for root in ("/etc", str(tmp_path / "data" / ".." / "elsewhere"), str(tmp_path / "data2")):
         assert_problem(
             submit(api, {"dataset": {"name": "imagefolder", "root": root}}),

@@ -96,3 +96,12 @@ def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
 def test_gradient_cache_runs_in_the_loop(tmp_path):
     result = pretrain(small_config(chunk_size=8, max_steps=3), tmp_path, progress=False)
     assert result.steps == 3 and torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_channels_last_on_the_cpu_trains_the_same_run(tmp_path):
+    """The layout is a speed choice: the losses and weights of the run do not depend on it."""
+    plain = pretrain(small_config(channels_last=False), tmp_path / "plain", progress=False)
+    fast = pretrain(small_config(channels_last=True), tmp_path / "channels-last", progress=False)
+    assert abs(plain.final_loss - fast.final_loss) < 1e-3
+    a, b = (load_checkpoint(r.checkpoint)["backbone"] for r in (plain, fast))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)

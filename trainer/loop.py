@@ -39,6 +39,7 @@ from trainer.simclr import (
     build_optimizer,
     model_layout,
     simclr_loss,
+    use_channels_last,
 )
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def run_simclr(
     if state is not None:
         model.backbone.load_state_dict(state["backbone"])
         model.head.load_state_dict(state["head"])
-    if device.type == "cuda":
+    channels_last = use_channels_last(config, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)  # the layout of ``model_layout`` views
     net = model
     model = session.prepare_model(model)
@@ -192,15 +194,18 @@ def run_simclr(
                 _save_views_grid(session, augment, images, sizes)
             optimizer.zero_grad(set_to_none=True)
             if config.chunk_size:
-                view_a, view_b = (model_layout(view) for view in augment(images, sizes))
+                view_a, view_b = (
+                    model_layout(view, channels_last) for view in augment(images, sizes)
+                )
                 loss = gradient_cache_backward(
                     forward, view_a, view_b, config.temperature, config.chunk_size,
                     lambda: autocast_for(config.precision, device),
                 )  # fmt: skip
             else:
                 loss = simclr_loss(
-                    forward, augment, images, sizes, config.temperature, config.precision
-                )
+                    forward, augment, images, sizes, config.temperature, config.precision,
+                    channels_last,
+                )  # fmt: skip
                 loss.backward()
             optimizer.step()
             step += 1

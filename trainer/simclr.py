@@ -66,9 +66,14 @@ def autocast_for(precision: str, device: torch.device):
     return nullcontext()
 
 
-def model_layout(views: torch.Tensor) -> torch.Tensor:
-    """Views in the memory layout the convolutions are fastest in: channels-last on CUDA."""
-    return views.contiguous(memory_format=torch.channels_last) if views.is_cuda else views
+def use_channels_last(config: SimCLRConfig, device: torch.device) -> bool:
+    """``config.channels_last``, or by default: on CUDA only."""
+    return config.channels_last if config.channels_last is not None else device.type == "cuda"
+
+
+def model_layout(views: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Views in the memory layout of the model's weights (``use_channels_last``)."""
+    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
 
 
 def simclr_loss(
@@ -78,11 +83,12 @@ def simclr_loss(
     sizes: torch.Tensor | None,
     temperature: float,
     precision: str = "fp32",
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Augment a uint8 batch into two views on its device, embed both in one forward pass (batch
     statistics over all 2n views, as in the official code), and return the NT-Xent loss."""
     view_a, view_b = augment(images, sizes)
-    views = model_layout(torch.cat([view_a, view_b]))
+    views = model_layout(torch.cat([view_a, view_b]), channels_last)
     with autocast_for(precision, views.device):
         z = model(views)
     z_a, z_b = z.chunk(2)

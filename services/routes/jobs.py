@@ -49,14 +49,14 @@ def job_out(job: Job, service: Service) -> JobOut:
 
 
 def check_data_roots(config: BaseModel, allowed: list[str], loc: tuple[str, ...]) -> None:
-    """Every dataset root must resolve under one of ``allowed`` (``SIMCLR_DATA_ROOTS``); ``loc``
-    is where ``config`` sits in the request body."""
+    """Every dataset path (root, class list) must resolve under one of ``allowed``
+    (``SIMCLR_DATA_ROOTS``); ``loc`` is where ``config`` sits in the request body."""
     roots = [Path(root).resolve() for root in allowed]
-    for field, root in dataset_roots(config, loc):
-        if not any(Path(root).resolve().is_relative_to(allowed_root) for allowed_root in roots):
+    for field, path in dataset_roots(config, loc):
+        if not any(Path(path).resolve().is_relative_to(root) for root in roots):
             raise ConfigError(
                 [{"loc": ("body", *field.split(".")), "type": "data_root",
-                  "msg": f"{root!r} is not under the service's data roots "
+                  "msg": f"{path!r} is not under the service's data roots "
                          f"({', '.join(map(str, roots))}; SIMCLR_DATA_ROOTS)"}]
             )  # fmt: skip
 
