@@ -4,8 +4,9 @@ built at start-up and torn down at shutdown."""
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from services.dispatcher import Dispatcher, RayDispatcher
 from services.ray_head import LocalRayHead, start_head
@@ -16,6 +17,21 @@ from services.store.store import Store
 from services.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+
+def internal_token(settings: Settings) -> str:
+    """``SIMCLR_INTERNAL_TOKEN``, or the one kept in the state directory (made on first start,
+    readable by this user only): a restarted service must accept its running jobs' reports."""
+    if settings.internal_token:
+        return settings.internal_token
+    path = settings.state_dir / "internal_token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(secrets.token_urlsafe(32))
+        temporary.chmod(0o600)
+        temporary.replace(path)
+    return path.read_text().strip()
 
 
 @dataclass
@@ -32,6 +48,7 @@ class Service:
         cls, settings: Settings, dispatcher: Dispatcher | None = None, reconcile: bool = True
     ) -> Service:
         """Migrate the database, start or attach to Ray, start reconciling."""
+        settings = settings.model_copy(update={"internal_token": internal_token(settings)})
         engine = make_engine(settings.database_url)
         migrate(engine)
         store = Store(engine)
@@ -39,7 +56,7 @@ class Service:
         if dispatcher is None:
             address = settings.ray_address
             if address is None:
-                head = start_head(Path(settings.storage_path).parent, settings.dashboard_port)
+                head = start_head(settings.state_dir, settings.dashboard_port)
                 address = head.dashboard_url
             dispatcher = RayDispatcher(address, settings)
         reconciler = Reconciler(store, dispatcher, settings.reconcile_interval_s)

@@ -6,7 +6,6 @@ a local Ray head started and stopped by the service, the API on 127.0.0.1:8000 w
 
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,9 +42,10 @@ class Settings(BaseSettings):
     api_token: str | None = Field(
         default=None, description="when set, every endpoint but health requires it"
     )
-    internal_token: str = Field(
-        default_factory=lambda: secrets.token_urlsafe(32),
-        description="the token workers use to report metrics and checkpoints",
+    internal_token: str | None = Field(
+        default=None,
+        description="the token workers use to report metrics and checkpoints; unset: one is made "
+        "once and kept in the state directory, so running jobs' reports survive a restart",
     )
     public_url: str | None = Field(
         default=None,
@@ -74,3 +74,8 @@ class Settings(BaseSettings):
     @property
     def callback_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the embedded default keeps its Ray head's log and the internal token."""
+        return Path(self.storage_path).parent

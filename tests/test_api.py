@@ -355,3 +355,19 @@ def test_evaluation_errors(api, tmp_path):
     )
     assert_problem(api.get(f"/v1/evaluations/{job_id}"), 404, "simclr job")
     assert_problem(api.post("/v1/jobs", json={"kind": "linear_probe", "config": {}}), 422, "kind")
+
+
+def test_the_internal_token_survives_a_restart_so_running_jobs_keep_reporting(database_url, tmp_path):
+    settings = Settings(database_url=database_url, storage_path=str(tmp_path / "state" / "runs"))
+    tokens = []
+    for _ in range(2):  # a service, then the same service restarted
+        with TestClient(create_app(settings, NoopDispatcher(), reconcile=False)) as api:
+            tokens.append(api.app.state.service.settings.internal_token)
+            job_id = submit(api).json()["id"]
+            report = {"points": [{"step": 1, "epoch": 0, "name": "loss", "value": 1.0}]}
+            sent = api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report,
+                            headers={"Authorization": f"Bearer {tokens[0]}"})  # fmt: skip
+            assert sent.status_code == 204
+    assert tokens[0] == tokens[1] and len(tokens[0]) >= 32
+    token_file = tmp_path / "state" / "internal_token"
+    assert token_file.read_text() == tokens[0] and token_file.stat().st_mode & 0o777 == 0o600

@@ -16,6 +16,7 @@ from services.app import create_app
 from services.client import Client
 from services.dispatcher import RayDispatcher, unplaceable_reason
 from services.ray_head import free_port
+from services.service import internal_token
 from services.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -183,7 +184,7 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         reported = client.http.post(
             f"/internal/v1/jobs/{job['id']}/checkpoints",
             json={"name": "step-99999999", "step": 99999999, "epoch": 9, "path": str(corrupt_dir)},
-            headers={"Authorization": f"Bearer {settings.internal_token}"},
+            headers={"Authorization": f"Bearer {internal_token(settings)}"},
         )
         assert reported.status_code == 201
         broken = client.evaluate(job["id"], "step-99999999", config={"epochs": 5})
