@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ from pathlib import Path
 
 from services.cli import describe, describe_evaluation, follow, read_config, table
 from services.client import Client
-from services.ray_head import free_port
+from services.ray_head import free_port, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "digits-demo.yaml"
 STATE_DIR = Path(".simclr")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def start_service(port: int, dashboard_port: int, log_path: Path) -> subprocess.Popen:

@@ -26,6 +26,12 @@ from services.ray_auth import ray_auth_headers
 log = logging.getLogger(__name__)
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` of the loopback interface."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,14 +63,12 @@ def start_head(
     state_dir: Path, dashboard_port: int = 8265, num_cpus: int | None = None, timeout: float = 120
 ) -> LocalRayHead:
     """Start a head bound to loopback and wait until its dashboard lists the node."""
-    if dashboard_port:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", dashboard_port)) == 0:
-                raise RuntimeError(
-                    f"port {dashboard_port} is taken: is a Ray cluster running already? Attach to "
-                    f"it with SIMCLR_RAY_ADDRESS=http://127.0.0.1:{dashboard_port}, or stop it "
-                    "(`ray stop`), or choose SIMCLR_DASHBOARD_PORT."
-                )
+    if dashboard_port and not port_free(dashboard_port):
+        raise RuntimeError(
+            f"port {dashboard_port} is taken: is a Ray cluster running already? Attach to "
+            f"it with SIMCLR_RAY_ADDRESS=http://127.0.0.1:{dashboard_port}, or stop it "
+            "(`ray stop`), or choose SIMCLR_DASHBOARD_PORT."
+        )
     gcs_port = free_port()
     ray = Path(sys.executable).with_name("ray")
     command = [

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint
 from trainer.driver import run
-from trainer.ray_session import CHECKPOINT_FILE
 from trainer.simclr import LearningRateSchedule
 from trainer.spec import JobSpec
 
@@ -57,7 +56,7 @@ def train_worker_pids() -> list[int]:
 def kill_a_worker_after(checkpoint: Path, killed: list[int], timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (checkpoint / CHECKPOINT_FILE).exists():
+        if (checkpoint / RAY_CHECKPOINT_FILE).exists():
             pids = train_worker_pids()
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
@@ -67,7 +66,7 @@ def kill_a_worker_after(checkpoint: Path, killed: list[int], timeout: float = 24
 
 
 def final_state(storage: Path, job_id: str, step: int) -> dict:
-    return load_checkpoint(storage / job_id / f"step-{step:08d}" / CHECKPOINT_FILE)
+    return load_checkpoint(storage / job_id / f"step-{step:08d}" / RAY_CHECKPOINT_FILE)
 
 
 def test_two_workers_survive_a_killed_worker_and_match_an_uninterrupted_run(ray_cluster, tmp_path):

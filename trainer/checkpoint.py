@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 CHECKPOINT_GLOB = "step-*.pt"
+# The state file inside a Ray Train checkpoint directory (``trainer.ray_session`` writes it).
+RAY_CHECKPOINT_FILE = "state.pt"
 
 
 def checkpoint_name(step: int) -> str:

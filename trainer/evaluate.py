@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from trainer.checkpoint import save_atomic
+from trainer.checkpoint import RAY_CHECKPOINT_FILE, save_atomic
 from trainer.config import DatasetConfig, LinearProbeConfig, SimCLRConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.data.datasets import InMemoryImages, build_dataset
@@ -46,7 +46,6 @@ from trainer.simclr import build_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "state.pt"
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -61,7 +60,7 @@ def load_encoder(
 
     ``path`` is a checkpoint directory (Ray Train's, holding ``state.pt``) or the file itself."""
     path = Path(path)
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    file = path / RAY_CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} not found (looked for {file})")
     try:
@@ -214,10 +213,7 @@ def augmented_probe(
     data = config.dataset
     train, test = build_dataset(data, "train"), build_dataset(data, "test")
     batch = min(config.resolved_batch_size, len(train)) // world * world
-    with torch.no_grad():
-        feature_dim = encoder(
-            torch.zeros(1, 3, data.view_size, data.view_size, device=device)
-        ).shape[1]
+    feature_dim = encoder.feature_dim
     num_classes = int(train.labels.max()) + 1
     torch.manual_seed(config.seed)
     classifier = nn.Sequential(

@@ -21,11 +21,10 @@ import ray.train.torch
 from ray.util.metrics import Gauge
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint, save_atomic
+from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
 from trainer.control_plane import ControlPlaneReporter
 from trainer.global_bn import convert_to_global_batch_norm
 
-CHECKPOINT_FILE = "state.pt"
 _GAUGES = {
     "loss": "NT-Xent loss of the global batch",
     "lr": "learning rate",
@@ -62,7 +61,7 @@ class RaySession:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return load_checkpoint(Path(directory) / CHECKPOINT_FILE, map_location=self.device)
+            return load_checkpoint(Path(directory) / RAY_CHECKPOINT_FILE, map_location=self.device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Global batch norm across ranks (the paper's), then DDP through Ray Train."""
@@ -87,7 +86,7 @@ class RaySession:
             return
         name = f"step-{int(metrics['step']):08d}"
         with tempfile.TemporaryDirectory(prefix="simclr-checkpoint-") as directory:
-            save_atomic(state, Path(directory) / CHECKPOINT_FILE)
+            save_atomic(state, Path(directory) / RAY_CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if self.reporter is not None:

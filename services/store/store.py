@@ -200,6 +200,12 @@ class Store:
         return job
 
     @staticmethod
+    def _locked_attempt(session: Session, submission: str) -> Attempt:
+        return session.scalars(
+            select(Attempt).where(Attempt.submission_id == submission).with_for_update()
+        ).one()
+
+    @staticmethod
     def _add_attempt(job: Job) -> None:
         number = job.attempts[-1].number + 1 if job.attempts else 1
         job.attempts.append(
@@ -251,9 +257,7 @@ class Store:
     def record_submit_error(self, submission: str, message: str, fail_after: int) -> None:
         """Count a failed submission; after ``fail_after`` of them the job fails with ``message``."""
         with self._sessions.begin() as session:
-            attempt = session.scalars(
-                select(Attempt).where(Attempt.submission_id == submission).with_for_update()
-            ).one()
+            attempt = self._locked_attempt(session, submission)
             attempt.submit_errors += 1
             attempt.message = message
             if attempt.submit_errors >= fail_after:
@@ -271,9 +275,7 @@ class Store:
         job's status from it. A lost attempt is followed by a new one while the job has attempts
         left; a job being cancelled ends ``cancelled`` however its Ray job ended but success."""
         with self._sessions.begin() as session:
-            attempt = session.scalars(
-                select(Attempt).where(Attempt.submission_id == submission).with_for_update()
-            ).one()
+            attempt = self._locked_attempt(session, submission)
             job = self._locked(session, attempt.job_id)
             if log is not None:
                 attempt.log = log
