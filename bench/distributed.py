@@ -65,14 +65,15 @@ def steady_rate(records: list[dict[str, Any]]) -> float:
 
 
 def ray_run(
-    job_id: str, cfg: dict[str, Any], workers: int, storage: Path
+    job_id: str, cfg: dict[str, Any], workers: int, storage: Path, kind: str = "simclr"
 ) -> tuple[list[dict], float]:
-    """Records of a Ray Train run and the seconds from ``run`` to its step-5 metrics."""
+    """Records of a Ray Train run and the seconds from ``run`` to its first metrics."""
     from trainer.driver import run
 
     spec = JobSpec.model_validate(
         {
             "job_id": job_id,
+            "kind": kind,
             "config": cfg,
             "resources": {"num_workers": workers},
             "storage_path": str(storage),
@@ -110,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     storage = Path(tempfile.mkdtemp(prefix="simclr-bench-"))
     print(
         f"# {machine_summary()}; Ray {ray.__version__}; per-worker batch {PER_WORKER_BATCH}, 32 px"

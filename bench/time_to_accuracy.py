@@ -44,6 +44,7 @@ from trainer.linear_probe import ProbeResult, extract_features, train_linear_pro
 from trainer.loop import run_simclr
 from trainer.losses import nt_xent
 from trainer.optim import lars_param_groups
+from trainer.plots import pyplot
 from trainer.session import LocalSession
 from trainer.simclr import (
     LearningRateSchedule,
@@ -88,7 +89,9 @@ def recipe(args: argparse.Namespace, view_size: int) -> SimCLRConfig:
     })  # fmt: skip
 
 
-def probe(encoder: torch.nn.Module, train: InMemoryImages, test: InMemoryImages, size: int) -> ProbeResult:
+def probe(
+    encoder: torch.nn.Module, train: InMemoryImages, test: InMemoryImages, size: int
+) -> ProbeResult:
     return train_linear_probe(
         extract_features(encoder, train.images, size), train.labels,
         extract_features(encoder, test.images, size), test.labels,
@@ -150,7 +153,9 @@ def ours_step_time(config: SimCLRConfig, train: InMemoryImages, steps: int = 8) 
     return (time.perf_counter() - start) / steps
 
 
-def run_ours(config: SimCLRConfig, train: InMemoryImages, budget: float, points: int, scratch: Path):
+def run_ours(
+    config: SimCLRConfig, train: InMemoryImages, budget: float, points: int, scratch: Path
+):
     step_time = ours_step_time(config, train)
     per_epoch = steps_per_epoch(len(train), config.batch_size)
     epochs = max(1, int(budget / step_time) // per_epoch)
@@ -168,7 +173,9 @@ def run_ours(config: SimCLRConfig, train: InMemoryImages, budget: float, points:
     return timeline, result.steps, time.perf_counter() - session.start, step_time
 
 
-def ours_breakdown(config: SimCLRConfig, train: InMemoryImages, steps: int = 10) -> dict[str, float]:
+def ours_breakdown(
+    config: SimCLRConfig, train: InMemoryImages, steps: int = 10
+) -> dict[str, float]:
     """Seconds per step in augmentation, forward + loss + backward, and the optimiser."""
     model, augment, optimizer = build_on_cpu(config)
     totals = {"data + augmentation": 0.0, "forward + backward": 0.0, "optimiser": 0.0}
@@ -232,7 +239,9 @@ def lightly_parts(config: SimCLRConfig, train: InMemoryImages, workers: int):
     return model, loader, NTXentLoss(temperature=config.temperature), optimizer
 
 
-def run_lightly(config: SimCLRConfig, train: InMemoryImages, budget: float, points: int, workers: int):
+def run_lightly(
+    config: SimCLRConfig, train: InMemoryImages, budget: float, points: int, workers: int
+):
     model, loader, loss_fn, optimizer = lightly_parts(config, train, workers)
     per_epoch = len(loader)
     batches = (views for _ in range(1_000) for views in loader)  # epochs end within the probe
@@ -281,7 +290,9 @@ def run_lightly(config: SimCLRConfig, train: InMemoryImages, budget: float, poin
 # -- report -----------------------------------------------------------------------------------------
 
 
-def score(timeline: Timeline, config: SimCLRConfig, train, test) -> list[tuple[float, int, ProbeResult]]:
+def score(
+    timeline: Timeline, config: SimCLRConfig, train, test
+) -> list[tuple[float, int, ProbeResult]]:
     size = config.dataset.view_size
     scored = []
     for seconds, step, state in timeline.points:
@@ -292,11 +303,7 @@ def score(timeline: Timeline, config: SimCLRConfig, train, test) -> list[tuple[f
 
 
 def plot(path: Path, title: str, curves: dict, floors: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name, points in curves.items():
         axes.plot([s for s, _, _ in points], [r.top1 for _, _, r in points], marker="o", label=name)
@@ -338,7 +345,9 @@ def main() -> None:
     parser.add_argument("--data", choices=["cifar10", "digits"], default="cifar10")
     parser.add_argument("--backbone", choices=["small_cnn", "resnet18"], default="small_cnn")
     parser.add_argument("--width", type=int, default=64, help="small CNN base width")
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds of training per contender")
+    parser.add_argument(
+        "--budget", type=float, default=900.0, help="seconds of training per contender"
+    )
     parser.add_argument("--points", type=int, default=6, help="checkpoints scored per run")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.3)
@@ -358,7 +367,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.plot_from:
         curves, floors = curves_from_logs(args.plot_from)
-        title = f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on 2 threads"
+        title = (
+            f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on 2 threads"
+        )
         plot(args.plot, title, curves, floors)
         return
     print(f"# {machine_summary()}", flush=True)
@@ -380,7 +391,9 @@ def main() -> None:
                                  test.images.flatten(1).float(), test.labels)  # fmt: skip
         curves, summary = {}, []
         if args.only != "lightly":
-            timeline, steps, wall, step_time = run_ours(config, train, args.budget, args.points, scratch)
+            timeline, steps, wall, step_time = run_ours(
+                config, train, args.budget, args.points, scratch
+            )
             curves["ours"] = score(timeline, config, train, test)
             summary.append(("ours", steps, wall, step_time, ours_breakdown(config, train)))
             print(f"ours: {steps} steps in {wall:.0f} s", flush=True)
@@ -398,10 +411,15 @@ def main() -> None:
             print(f"| {name} | {seconds:.0f} | {step} | {result.top1:.2f} | {result.top5:.2f} |")
     print(f"| random-init encoder | 0 | 0 | {random_init.top1:.2f} | {random_init.top5:.2f} |")
     print(f"| raw pixels | - | - | {raw.top1:.2f} | {raw.top5:.2f} |")
-    print("\n| pipeline | steps | wall s | pairs/s | s/step: data + augmentation | forward + backward | optimiser |")
+    print(
+        "\n| pipeline | steps | wall s | pairs/s | s/step: data + augmentation | forward + backward | optimiser |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, steps, wall, _, breakdown in summary:
-        parts = " | ".join(f"{breakdown[k]:.3f}" for k in ("data + augmentation", "forward + backward", "optimiser"))
+        parts = " | ".join(
+            f"{breakdown[k]:.3f}"
+            for k in ("data + augmentation", "forward + backward", "optimiser")
+        )
         print(f"| {name} | {steps} | {wall:.0f} | {steps * args.batch / wall:.0f} | {parts} |")
     final = {name: points[-1][2].top1 for name, points in curves.items()}
     print("\nfinal top-1: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items())
@@ -411,7 +429,12 @@ def main() -> None:
               f"ours - random init: {final['ours'] - random_init.top1:+.2f} points")  # fmt: skip
     if args.plot:
         title = f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on {torch.get_num_threads()} threads"
-        plot(args.plot, title, curves, {"random-init encoder": random_init.top1, "raw pixels": raw.top1})
+        plot(
+            args.plot,
+            title,
+            curves,
+            {"random-init encoder": random_init.top1, "raw pixels": raw.top1},
+        )
         print(f"plot: {args.plot}")
 
 

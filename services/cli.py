@@ -5,6 +5,8 @@
     simclr jobs [--status S] [--kind K]
     simclr get ID | logs ID [--follow] | cancel ID | retry ID
     simclr eval JOB_ID [--checkpoint NAME] [--dataset NAME --root DIR] [--mode fast|augmented]
+    simclr dirac-gan [--gamma G] [--step-size H] [--steps N] [--out FILE]   (no service needed)
+    simclr data pack SRC DST [--shard-mb 256] [--workers N] [--class-list FILE]  (no service needed)
 
 The client reads ``SIMCLR_URL`` (default http://127.0.0.1:8000) and ``SIMCLR_API_TOKEN``.
 """
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -146,13 +149,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("logs", help="print a job's log")
     p.add_argument("job_id")
     p.add_argument("--follow", action="store_true")
+    p = commands.add_parser(
+        "dirac-gan", help="the Dirac-GAN analysis: eigenvalues and trajectories with and without R1"
+    )
+    p.add_argument("--gamma", type=float, default=0.3, help="R1 weight (penalty (gamma/2) psi0^2)")
+    p.add_argument("--step-size", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--out", default="dirac_gan.png", help="where to save the plot")
+    data = commands.add_parser("data", help="prepare data sets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser(
+        "pack", help="pack an ImageFolder tree into Parquet shards for the ray_data loader"
+    )
+    p.add_argument("source", help="an ImageFolder tree (ImageNet layout: train/ and val/)")
+    p.add_argument(
+        "destination", help="where the shards and manifest.json go (resumes a partial run)"
+    )
+    p.add_argument("--shard-mb", type=int, default=256, help="source megabytes per shard")
+    p.add_argument("--workers", type=int, default=1, help="processes packing shards in parallel")
+    p.add_argument("--class-list", help="a file of class folder names to pack (ImageNet-100, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the images' order across shards")
     return parser
+
+
+def pack_data(args: argparse.Namespace) -> None:
+    import logging
+
+    from trainer.data.pack import pack
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    manifest = pack(args.source, args.destination, shard_bytes=args.shard_mb << 20,
+                    class_list=args.class_list, workers=args.workers, seed=args.seed)  # fmt: skip
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['images']} images in {len(info['shards'])} shards, "
+              f"{info['skipped']} unreadable skipped")  # fmt: skip
+    print(f"manifest: {Path(args.destination) / 'manifest.json'}")
+
+
+def dirac_gan(args: argparse.Namespace) -> None:
+    from trainer.generative.dirac_gan import plot
+
+    summary = plot(args.out, args.gamma, args.step_size, args.steps)
+    for name, value in summary.items():
+        shown = ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else f"{value:.4g}"
+        print(f"{name}: {shown}")
+    print(f"plot: {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
+        return
+    if args.command == "dirac-gan":
+        dirac_gan(args)
+        return
+    if args.command == "data":
+        try:
+            pack_data(args)
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f"error: {error}")
         return
     client = Client()
     try:

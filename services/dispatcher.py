@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from services.ray_auth import ray_auth_headers
 from services.settings import Settings
 from services.store.tables import Job
+from trainer.ray_auth import ray_auth_headers
 from trainer.spec import JobSpec
 
 

@@ -12,8 +12,9 @@ from trainer.spec import CONFIG_MODELS
 
 KIND_CONFIGS: dict[str, type[BaseModel]] = CONFIG_MODELS
 # What POST /v1/jobs runs; evaluations (kind linear_probe) come through /v1/evaluations, which
-# resolves the checkpoint path itself.
+# resolves the checkpoint path itself, and only from the pretraining kinds.
 PRETRAINING_KINDS = ("simclr",)
+TRAINING_KINDS = ("simclr", "ddpm", "vae", "gan", "diffusevae", "flow")
 
 
 class ConfigError(ValueError):

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from services.kinds import PRETRAINING_KINDS
+from services.kinds import TRAINING_KINDS
 from trainer.spec import Resources
 
-JobKind = Literal[PRETRAINING_KINDS]  # type: ignore[valid-type]
+JobKind = Literal[TRAINING_KINDS]  # type: ignore[valid-type]
 # SQLite returns naive datetimes; every stored time is UTC.
 UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))

@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+from trainer.ray_auth import use_token_auth_when_available
+
+# Ray reads RAY_AUTH_MODE when it is imported: a client of a token cluster must say so first.
+use_token_auth_when_available()
+
 # The suite runs on 2-core CI machines: keep intra-op threads modest and deterministic.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -17,8 +22,11 @@ def ray_head(tmp_path_factory):
     """One Ray head for the whole test session (starting one takes seconds), with its dashboard
     and job API on a free loopback port. Token authentication stays on, as Ray 2.60 sets it up."""
     from services.ray_head import free_port, start_head
+    from tests.distributed import HEAD_CPUS
 
-    head = start_head(tmp_path_factory.mktemp("ray-head"), dashboard_port=free_port(), num_cpus=4)
+    head = start_head(
+        tmp_path_factory.mktemp("ray-head"), dashboard_port=free_port(), num_cpus=HEAD_CPUS
+    )
     yield head
     head.stop()
 
@@ -83,3 +91,11 @@ def store(database_url):
     migrate(engine)
     yield Store(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def settings(ray_head, tmp_path):
+    """Service settings on the session's Ray head, with a SQLite store in the test's directory."""
+    from tests.test_service_ray import service_settings
+
+    return service_settings(ray_head, tmp_path, f"sqlite:///{tmp_path / 'simclr.db'}")

@@ -1,4 +1,5 @@
-"""Run a function on N gloo processes of this machine and collect what each rank returns."""
+"""Run a function on N gloo processes of this machine and collect what each rank returns; run a
+job's driver as a process of its own against the session's Ray head."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+# Logical CPUs of the test session's Ray head: more than the machine's cores, so that independent
+# 2-worker jobs of one test run side by side (their start-up, not their compute, is what costs).
+HEAD_CPUS = 8
 
 
 def _free_port() -> int:
@@ -34,3 +39,16 @@ def run_on_ranks(fn: Callable[[int, int], Any], world: int = 2) -> list[Any]:
     results = mp.Manager().dict()
     mp.spawn(_entry, args=(world, _free_port(), fn, results), nprocs=world, join=True)
     return [results[rank] for rank in range(world)]
+
+
+def run_driver_process(spec: dict, gcs_address: str, timeout: float = 300) -> None:
+    """``python -m trainer.driver`` on a job spec, as a process of its own against the cluster at
+    ``gcs_address`` (how the service starts a job); fails the test if the driver fails."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "RAY_ADDRESS": gcs_address}
+    subprocess.run([sys.executable, "-m", "trainer.driver", "--spec-json", json.dumps(spec)],
+                   env=environment, check=True, timeout=timeout)  # fmt: skip

@@ -357,7 +357,9 @@ def test_evaluation_errors(api, tmp_path):
     assert_problem(api.post("/v1/jobs", json={"kind": "linear_probe", "config": {}}), 422, "kind")
 
 
-def test_the_internal_token_survives_a_restart_so_running_jobs_keep_reporting(database_url, tmp_path):
+def test_the_internal_token_survives_a_restart_so_running_jobs_keep_reporting(
+    database_url, tmp_path
+):
     settings = Settings(database_url=database_url, storage_path=str(tmp_path / "state" / "runs"))
     tokens = []
     for _ in range(2):  # a service, then the same service restarted

@@ -40,7 +40,9 @@ def manifests() -> list[dict]:
 @cache
 def ray_start_flags() -> set[str]:
     ray = Path(sys.executable).with_name("ray")
-    text = subprocess.run([str(ray), "start", "--help"], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [str(ray), "start", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     return set(re.findall(r"--[a-z][a-z-]+", text))
 
 
@@ -50,13 +52,32 @@ def command_of(service: dict) -> list[str]:
 
 
 def test_every_file_parses():
-    for path in [COMPOSE, ROOT / "docker-compose.gpu.yml", *ROOT.glob("deploy/**/*.yml"), *KUBERAY.glob("*.yaml")]:
+    for path in [
+        COMPOSE,
+        ROOT / "docker-compose.gpu.yml",
+        *ROOT.glob("deploy/**/*.yml"),
+        *KUBERAY.glob("*.yaml"),
+    ]:
         assert load_yaml(path), path
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/simclr-service.json").read_text())
     assert dashboard["panels"] and all(p["targets"][0]["expr"] for p in dashboard["panels"])
-    assert set(compose()["services"]) >= {"postgres", "ray-head", "ray-worker", "api", "prometheus", "grafana"}
+    assert set(compose()["services"]) >= {
+        "postgres",
+        "ray-head",
+        "ray-worker",
+        "api",
+        "prometheus",
+        "grafana",
+    }
     kinds = {doc["kind"] for doc in manifests()}
-    assert {"RayCluster", "Deployment", "StatefulSet", "Service", "Secret", "PersistentVolumeClaim"} <= kinds
+    assert {
+        "RayCluster",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "Secret",
+        "PersistentVolumeClaim",
+    } <= kinds
 
 
 def test_the_commands_exist_in_the_package_and_in_ray():
@@ -73,11 +94,14 @@ def test_the_commands_exist_in_the_package_and_in_ray():
         args = parser.parse_args(command[1:])
         assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8000)
     flags = ray_start_flags()
-    for name in ("ray-head", "ray-worker"):
-        command = command_of(compose()["services"][name])
+    gpu_worker = load_yaml(ROOT / "docker-compose.gpu.yml")[0]["services"]["ray-worker"]
+    for command in [*(command_of(compose()["services"][n]) for n in ("ray-head", "ray-worker", "ray-decode")),
+                    command_of(gpu_worker)]:  # fmt: skip
         assert command[:2] == ["ray", "start"]
         used = {arg.split("=")[0] for arg in command[2:] if arg.startswith("--")}
         assert used <= flags, used - flags
+    decode = command_of(compose()["services"]["ray-decode"])
+    assert json.loads(decode[-1].split("=", 1)[1]) == {"decode": 1000}
     for cluster in (d for d in manifests() if d["kind"] == "RayCluster"):
         groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
         for group in groups:
@@ -88,11 +112,15 @@ def environments() -> list[dict[str, str]]:
     envs = [s.get("environment", {}) for s in compose()["services"].values()]
     for doc in manifests():
         spec = doc.get("spec", {})
-        templates = [spec.get("template")] + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+        templates = [spec.get("template")] + [
+            g["template"] for g in spec.get("workerGroupSpecs", [])
+        ]
         templates.append(spec.get("headGroupSpec", {}).get("template"))
         for template in filter(None, templates):
             for container in template["spec"]["containers"]:
-                envs.append({e["name"]: e.get("value", "<secret>") for e in container.get("env", [])})
+                envs.append(
+                    {e["name"]: e.get("value", "<secret>") for e in container.get("env", [])}
+                )
     return envs
 
 
@@ -140,7 +168,10 @@ def test_ports_agree_across_files():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["ports"][0]["containerPort"] == api_port
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert port_of(env["SIMCLR_RAY_ADDRESS"]) == dashboard and port_of(env["SIMCLR_PUBLIC_URL"]) == api_port
+    assert (
+        port_of(env["SIMCLR_RAY_ADDRESS"]) == dashboard
+        and port_of(env["SIMCLR_PUBLIC_URL"]) == api_port
+    )
 
 
 def test_the_example_env_file_defines_what_compose_requires():

@@ -74,6 +74,12 @@ def test_two_workers_survive_a_killed_worker_and_match_an_uninterrupted_run(ray_
     straight = run(digits_spec("straight", storage))
     assert straight.error is None
 
+    # A finished job relaunched resumes from its last checkpoint: nothing is left to train.
+    relaunched = run(digits_spec("straight", storage))
+    assert straight.metrics["step"] == relaunched.metrics["step"] == 20
+    lines = (storage / "straight" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 20, "the relaunch trained again instead of resuming"
+
     killed: list[int] = []
     spec = digits_spec("killed", storage)
     killer = threading.Thread(
@@ -108,15 +114,3 @@ def test_two_workers_survive_a_killed_worker_and_match_an_uninterrupted_run(ray_
     for key, value in a["backbone"].items():
         torch.testing.assert_close(b["backbone"][key], value, rtol=1e-5, atol=1e-6)
     assert len(b["rng"]) == 2
-
-
-def test_relaunching_a_finished_job_resumes_instead_of_restarting(ray_cluster, tmp_path):
-    spec = digits_spec("again", tmp_path / "storage")
-    spec.config.epochs = 1
-    first = run(spec)
-    second = run(spec)
-    assert first.metrics["step"] == second.metrics["step"] == 10
-    lines = (tmp_path / "storage" / "again" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 10, (
-        "the relaunch trained again instead of resuming from the last checkpoint"
-    )

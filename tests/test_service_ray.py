@@ -18,6 +18,7 @@ from services.dispatcher import RayDispatcher, unplaceable_reason
 from services.ray_head import free_port
 from services.service import internal_token
 from services.settings import Settings
+from tests.distributed import HEAD_CPUS
 
 pytestmark = pytest.mark.slow
 
@@ -64,11 +65,6 @@ def service_settings(ray_head, tmp_path, database_url: str) -> Settings:
     )  # fmt: skip
 
 
-@pytest.fixture
-def settings(ray_head, tmp_path) -> Settings:
-    return service_settings(ray_head, tmp_path, f"sqlite:///{tmp_path / 'simclr.db'}")
-
-
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,6 +88,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+# On the production store only: the other Ray tests run the service on SQLite, and tests/test_store.py
+# holds both stores to the same contract.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_job_runs_through_the_service_and_survives_a_service_restart(
     ray_head, tmp_path, database_url
 ):
@@ -148,9 +147,10 @@ def test_ray_answers_the_dispatcher_relies_on(settings):
     dispatcher.ping()
     assert dispatcher.state("job-never-submitted-a1").state == "lost"
     nodes = dispatcher.capacity()
-    assert nodes and nodes[0]["CPU"] == 4
-    many = {"num_workers": 5, "cpus_per_worker": 1.0, "use_gpu": False, "gpus_per_worker": 1.0}
-    assert "at most 4 workers" in unplaceable_reason(many, nodes)
+    assert nodes and nodes[0]["CPU"] == HEAD_CPUS
+    many = {"num_workers": HEAD_CPUS + 1, "cpus_per_worker": 1.0, "use_gpu": False,
+            "gpus_per_worker": 1.0}  # fmt: skip
+    assert f"at most {HEAD_CPUS} workers" in unplaceable_reason(many, nodes)
 
 
 def test_readiness_reports_an_unreachable_cluster_and_jobs_wait_queued(tmp_path):

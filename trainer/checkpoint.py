@@ -42,6 +42,17 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def latest_step(run_dir: str | Path) -> int:
+    """The step of the newest complete Ray Train checkpoint (``step-<n>/state.pt``) under a run's
+    directory on local or mounted storage; 0 when there is none."""
+    steps = [
+        int(path.parent.name.removeprefix("step-"))
+        for path in Path(run_dir).glob(f"step-*/{RAY_CHECKPOINT_FILE}")
+        if path.parent.name.removeprefix("step-").isdigit()
+    ]
+    return max(steps, default=0)
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     paths = sorted(Path(directory).glob(CHECKPOINT_GLOB))
     return paths[-1] if paths else None
@@ -74,6 +85,12 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def forked_rng(device: torch.device):
+    """A context in which random draws leave this process's streams (CPU, and ``device``'s when it
+    is a CUDA device) as they were: pictures and evaluations that must not change training."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

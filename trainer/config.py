@@ -16,13 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DatasetName = Literal[
-    "imagenet", "imagefolder", "cifar10", "cifar100", "stl10", "digits", "synthetic"
+    "imagenet", "imagefolder", "packed", "cifar10", "cifar100", "stl10", "digits", "synthetic"
 ]
 
 # Side of the augmented views when the config leaves it unset.
 DEFAULT_IMAGE_SIZE: dict[str, int] = {
     "imagenet": 224,
     "imagefolder": 224,
+    "packed": 224,
     "cifar10": 32,
     "cifar100": 32,
     "stl10": 96,
@@ -59,11 +60,34 @@ class DatasetConfig(StrictModel):
     )
     synthetic_images: int = Field(default=2048, ge=1)
     synthetic_classes: int = Field(default=10, ge=2)
+    loader: Literal["torch", "ray_data", "synthetic"] = Field(
+        default="torch",
+        description="torch: a DataLoader on the worker (one machine, the tests); ray_data: stream "
+        "packed shards (name 'packed', root = a `simclr data pack` output) decoded by Ray Data "
+        "tasks on any node; synthetic: random images made on the device, no reading or decoding "
+        "(the trainer's own ceiling)",
+    )
+    decode_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="ray_data: custom Ray resources each decode task needs, e.g. {'decode': 1} to "
+        "keep decoding on nodes started with --resources '{\"decode\": N}' (docs/input_pipeline.md)",
+    )
+
+    log_indices: bool = Field(
+        default=False,
+        description="ray_data: each rank appends the image indices of every batch it trains on to "
+        "<run dir>/indices/rank-<r>.jsonl (an audit of the data order across restarts)",
+    )
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> DatasetConfig:
         if self.name not in ("digits", "synthetic") and not self.root:
             raise ValueError(f"dataset {self.name!r} needs a 'root' directory")
+        if (self.name == "packed") != (self.loader == "ray_data"):
+            raise ValueError(
+                "packed shards are read by the ray_data loader, and the ray_data loader reads "
+                f"packed shards: got name {self.name!r} with loader {self.loader!r}"
+            )
         if self.class_list and self.name not in ("imagenet", "imagefolder"):
             raise ValueError(f"class_list applies to imagenet and imagefolder, not {self.name!r}")
         return self
@@ -76,7 +100,7 @@ class DatasetConfig(StrictModel):
     def eval_crop_fraction(self) -> float:
         """The test view's crop: ImageNet's "resize 256, centre-crop 224" for photo folders, the
         whole image for the small sets."""
-        return 0.875 if self.name in ("imagenet", "imagefolder") else 1.0
+        return 0.875 if self.name in ("imagenet", "imagefolder", "packed") else 1.0
 
 
 class BackboneConfig(StrictModel):

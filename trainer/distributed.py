@@ -1,10 +1,53 @@
-"""Whether this process is one rank of several under ``torch.distributed``."""
+"""Helpers for the ranks of a ``torch.distributed`` process group (gloo or NCCL)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
 import torch.distributed as dist
+from torch import nn
+
+from trainer.checkpoint import rng_state
 
 
 def is_distributed() -> bool:
     """True when a process group with more than one rank is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Replace every gradient by its mean over the ranks, in one all-reduce of the flattened
+    gradients: data parallelism for loops that DDP's hooks cannot serve (several networks with
+    their own optimisers, gradients of gradients as in R1). A no-op on one process."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_ranks_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (all ranks must call this)."""
+    if not is_distributed():
+        return [rng_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean of a scalar over the ranks (all ranks must call this)."""
+    if is_distributed():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()

@@ -25,8 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainer.config import SimCLRConfig
+from trainer.config import LinearProbeConfig
+from trainer.generative.config import GENERATIVE_CONFIGS
 from trainer.log import configure_logging
+from trainer.ray_auth import use_token_auth_when_available
 from trainer.spec import JobSpec
 
 log = logging.getLogger("trainer.driver")
@@ -40,7 +42,23 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
     session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    run_simclr(spec.config, session, progress=False)
+    source = None
+    if spec.config.dataset.loader == "ray_data":
+        import ray.train
+
+        from trainer.data.ray_data import IndexLog, RayDataSource
+
+        stream = loop_config["stream"]
+        index_log = None
+        if spec.config.dataset.log_indices:
+            index_log = IndexLog(
+                Path(loop_config["run_dir"], "indices", f"rank-{session.rank}.jsonl")
+            )
+        source = RayDataSource(
+            ray.train.get_dataset_shard("train"), stream["images"], spec.config.batch_size,
+            session.world_size, stream["start_step"], index_log,
+        )  # fmt: skip
+    run_simclr(spec.config, session, progress=False, source=source)
 
 
 def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
@@ -67,7 +85,22 @@ def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
             reporter.result(asdict(result))
 
 
-WORKER_LOOPS = {"simclr": simclr_worker_loop, "linear_probe": linear_probe_worker_loop}
+def generative_worker_loop(loop_config: dict[str, Any]) -> None:
+    """A DDPM, VAE, GAN, DiffuseVAE or flow job (``trainer.generative.loop``) on a ``RaySession``."""
+    from trainer.generative.loop import run_generative
+    from trainer.ray_session import RaySession
+
+    configure_logging()
+    spec = JobSpec.model_validate(loop_config["spec"])
+    session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
+    run_generative(spec.kind, spec.config, session, progress=False)
+
+
+WORKER_LOOPS = {
+    "simclr": simclr_worker_loop,
+    "linear_probe": linear_probe_worker_loop,
+    **dict.fromkeys(GENERATIVE_CONFIGS, generative_worker_loop),
+}
 
 
 def build_trainer(spec: JobSpec):
@@ -82,13 +115,19 @@ def build_trainer(spec: JobSpec):
     storage = spec.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
+    run_dir = f"{storage.rstrip('/')}/{spec.job_id}"
+    loop_config: dict[str, Any] = {
+        "spec": spec.model_dump(mode="json"),
+        "storage": storage,
+        "run_dir": run_dir,
+    }
+    streaming: dict[str, Any] = {}
+    if spec.kind == "simclr" and spec.config.dataset.loader == "ray_data":
+        loop_config["stream"], streaming = ray_data_stream(spec, run_dir)
     return TorchTrainer(
         WORKER_LOOPS[spec.kind],
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"),
-            "storage": storage,
-            "run_dir": f"{storage.rstrip('/')}/{spec.job_id}",
-        },
+        train_loop_config=loop_config,
+        **streaming,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
@@ -100,16 +139,44 @@ def build_trainer(spec: JobSpec):
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=spec.config.keep_checkpoints
-                if isinstance(spec.config, SimCLRConfig)
-                else None
+                num_to_keep=None
+                if isinstance(spec.config, LinearProbeConfig)
+                else spec.config.keep_checkpoints
             ),
         ),
     )
 
 
+def ray_data_stream(spec: JobSpec, run_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The packed shards' Ray Data stream from the epoch of the run's latest checkpoint on (the
+    workers skip what that epoch already trained on), and the TorchTrainer arguments carrying it."""
+    from trainer.checkpoint import latest_step
+    from trainer.data.loader import steps_per_epoch
+    from trainer.data.ray_data import data_config, read_shards, training_stream
+
+    config = spec.config
+    _, images = read_shards(config.dataset)
+    per_epoch = steps_per_epoch(images, config.batch_size)
+    # a finished run relaunched still gets its last epoch: the loop then has nothing left to do
+    start_epoch = min(latest_step(run_dir) // per_epoch, config.epochs - 1)
+    stream = training_stream(
+        config.dataset, config.batch_size, config.seed, start_epoch, config.epochs
+    )
+    log.info(
+        "job %s: streaming %d packed images per epoch from epoch %d",
+        spec.job_id,
+        images,
+        start_epoch,
+    )
+    return (
+        {"images": images, "start_step": start_epoch * per_epoch},
+        {"datasets": {"train": stream}, "dataset_config": data_config()},
+    )
+
+
 def run(spec: JobSpec):
     """Connect to the cluster, run the job to completion, and return Ray Train's ``Result``."""
+    use_token_auth_when_available()  # read by Ray when it is imported
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")

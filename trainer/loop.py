@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from trainer.artifacts import views_grid_png
-from trainer.checkpoint import rng_state, set_rng_state
+from trainer.checkpoint import forked_rng, set_rng_state
 from trainer.config import SimCLRConfig
-from trainer.data.datasets import build_dataset
-from trainer.data.loader import EpochBatches, iterate_batches, steps_per_epoch
-from trainer.distributed import is_distributed
+from trainer.data.loader import steps_per_epoch
+from trainer.data.sources import BatchSource, build_source
+from trainer.distributed import all_ranks_rng_states, mean_over_ranks
 from trainer.gradient_cache import gradient_cache_backward
+from trainer.log import step_progress
 from trainer.optim import set_learning_rate
 from trainer.session import TrainingSession
 from trainer.simclr import (
@@ -52,29 +51,12 @@ class RunResult:
     learning_rates: list[float] = field(default_factory=list)
 
 
-def _all_ranks_rng_states() -> list[dict[str, Any]]:
-    """Every rank's RNG state, in rank order (all ranks must call this)."""
-    if not is_distributed():
-        return [rng_state()]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-def _mean_over_ranks(value: torch.Tensor) -> float:
-    if is_distributed():
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value.item()
-
-
 def _save_views_grid(
     session: TrainingSession, augment, images: torch.Tensor, sizes: torch.Tensor | None
 ) -> None:
     """``views.png``: augmented pairs of the first batch, drawn on a forked RNG so that the run's
     random stream is the one it would have without the picture."""
-    with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+    with forked_rng(images.device):
         view_a, view_b = augment(images[:8], None if sizes is None else sizes[:8])
     session.save_artifact("views.png", views_grid_png(view_a, view_b), "image/png")
 
@@ -86,19 +68,24 @@ def run_simclr(
     stop_after: int | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
+    source: BatchSource | None = None,
 ) -> RunResult:
     """Train (or resume) until the schedule's last step, ``config.max_steps``, or ``stop_after``
-    steps in this call, whichever comes first. ``dataset`` replaces the one ``config.dataset``
-    names (images already in memory: a benchmark's split); ``config.dataset`` still sets the
-    view size."""
+    steps in this call, whichever comes first. Batches come from ``source`` (the Ray Data stream of a
+    Ray job), else from ``config.dataset`` by its ``loader`` (``trainer.data.sources``); ``dataset``
+    replaces the images that config names (images already in memory: a benchmark's split) while
+    ``config.dataset`` still sets the view size."""
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
     if config.precision == "bf16" and device.type != "cuda":
         log.warning("precision bf16 needs CUDA; running in fp32 on %s", device)
 
-    dataset = dataset if dataset is not None else build_dataset(config.dataset, "train")
-    per_epoch = steps_per_epoch(len(dataset), config.batch_size)
+    if source is None:
+        source = build_source(
+            config.dataset, config.batch_size, config.seed, rank, world, device, dataset
+        )
+    per_epoch = steps_per_epoch(source.num_images, config.batch_size)
     schedule = LearningRateSchedule(config, per_epoch)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config)
@@ -138,13 +125,13 @@ def run_simclr(
         log.info(
             "SimCLR on %s: %d images, global batch %d over %d workers, %d steps/epoch, "
             "steps %d..%d of %d, peak lr %.4g, device %s",
-            config.dataset.name, len(dataset), config.batch_size, world, per_epoch,
+            config.dataset.name, source.num_images, config.batch_size, world, per_epoch,
             step, last_step, schedule.total_steps, schedule.peak, device,
         )  # fmt: skip
 
     def checkpoint_state(loss: float) -> dict[str, Any] | None:
         """The state after ``step`` steps (rank 0), or None; every rank must call it."""
-        rngs = _all_ranks_rng_states()
+        rngs = all_ranks_rng_states()
         if rank != 0:
             return None
         epoch, batch_in_epoch = divmod(step, per_epoch)
@@ -165,72 +152,55 @@ def run_simclr(
     model.train()
     learning_rates: list[float] = []
     loss_value = float("nan")
-    bar = tqdm(
-        total=last_step,
-        initial=step,
-        disable=not progress or rank != 0,
-        unit="step",
-        mininterval=1.0,
-    )
+    bar = step_progress(last_step, step, progress and rank == 0)
     window_start, window_images = time.perf_counter(), 0
-    while step < last_step:
-        epoch, first_batch = divmod(step, per_epoch)
-        batches = EpochBatches(
-            len(dataset), config.batch_size, seed=config.seed, epoch=epoch,
-            rank=rank, world_size=world, start_batch=first_batch,
-        )  # fmt: skip
-        for batch in iterate_batches(dataset, batches, config.dataset.loader_workers):
-            if step >= last_step:
-                break
-            if batch.skipped:
-                log.warning(
-                    "rank %d step %d: %d unreadable images skipped", rank, step, batch.skipped
-                )
-            lr = schedule(step)
-            set_learning_rate(optimizer, lr)
-            images = batch.images.to(device, non_blocking=True)
-            sizes = batch.sizes.to(device) if batch.sizes is not None else None
-            if step == 0 and rank == 0:
-                _save_views_grid(session, augment, images, sizes)
-            optimizer.zero_grad(set_to_none=True)
-            if config.chunk_size:
-                view_a, view_b = (
-                    model_layout(view, channels_last) for view in augment(images, sizes)
-                )
-                loss = gradient_cache_backward(
-                    forward, view_a, view_b, config.temperature, config.chunk_size,
-                    lambda: autocast_for(config.precision, device),
-                )  # fmt: skip
-            else:
-                loss = simclr_loss(
-                    forward, augment, images, sizes, config.temperature, config.precision,
-                    channels_last,
-                )  # fmt: skip
-                loss.backward()
-            optimizer.step()
-            step += 1
-            learning_rates.append(lr)
-            window_images += images.shape[0] * world
-            bar.update(1)
-            periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            save = step % per_epoch == 0 or periodic or step == last_step
-            if step % config.log_every_steps == 0 or save:
-                loss_value = _mean_over_ranks(loss)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"loss became {loss_value} at step {step} (lr {lr:.4g})"
-                    )
-                rate = window_images / (time.perf_counter() - window_start)
-                metrics = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss_value,
-                    "lr": lr,
-                    "images_per_s": rate,
-                    "time": time.time(),
-                }
-                session.report(metrics, checkpoint_state(loss_value) if save else None)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
-                window_start, window_images = time.perf_counter(), 0
+    for batch in source.batches(step) if step < last_step else ():
+        if step >= last_step:
+            break
+        epoch = step // per_epoch
+        if batch.skipped:
+            log.warning("rank %d step %d: %d unreadable images skipped", rank, step, batch.skipped)
+        lr = schedule(step)
+        set_learning_rate(optimizer, lr)
+        images = batch.images.to(device, non_blocking=True)
+        sizes = batch.sizes.to(device) if batch.sizes is not None else None
+        if step == 0 and rank == 0:
+            _save_views_grid(session, augment, images, sizes)
+        optimizer.zero_grad(set_to_none=True)
+        if config.chunk_size:
+            view_a, view_b = (model_layout(view, channels_last) for view in augment(images, sizes))
+            loss = gradient_cache_backward(
+                forward, view_a, view_b, config.temperature, config.chunk_size,
+                lambda: autocast_for(config.precision, device),
+            )  # fmt: skip
+        else:
+            loss = simclr_loss(
+                forward, augment, images, sizes, config.temperature, config.precision,
+                channels_last,
+            )  # fmt: skip
+            loss.backward()
+        optimizer.step()
+        step += 1
+        learning_rates.append(lr)
+        window_images += images.shape[0] * world
+        bar.update(1)
+        periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+        save = step % per_epoch == 0 or periodic or step == last_step
+        if step % config.log_every_steps == 0 or save:
+            loss_value = mean_over_ranks(loss)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step} (lr {lr:.4g})")
+            rate = window_images / (time.perf_counter() - window_start)
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss_value,
+                "lr": lr,
+                "images_per_s": rate,
+                "time": time.time(),
+            }
+            session.report(metrics, checkpoint_state(loss_value) if save else None)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+            window_start, window_images = time.perf_counter(), 0
     bar.close()
     return RunResult(step, loss_value, learning_rates)

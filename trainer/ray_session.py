@@ -26,7 +26,7 @@ from trainer.control_plane import ControlPlaneReporter
 from trainer.global_bn import convert_to_global_batch_norm
 
 _GAUGES = {
-    "loss": "NT-Xent loss of the global batch",
+    "loss": "training loss of the global batch (NT-Xent for SimCLR)",
     "lr": "learning rate",
     "images_per_s": "images per second over all workers",
     "step": "optimiser steps done",
@@ -74,7 +74,8 @@ class RaySession:
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         for name, gauge in self._gauges.items():
-            gauge.set(metrics[name], tags={"job_id": self.job_id})
+            if name in metrics:
+                gauge.set(metrics[name], tags={"job_id": self.job_id})
         if self.metrics_file is not None:
             self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             with self.metrics_file.open("a") as f:

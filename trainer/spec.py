@@ -10,13 +10,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from trainer.config import LinearProbeConfig, SimCLRConfig, StrictModel
+from trainer.generative.config import (
+    GENERATIVE_CONFIGS,
+    DDPMConfig,
+    DiffuseVAEConfig,
+    FlowConfig,
+    GANConfig,
+    VAEConfig,
+)
 
 # Each job kind's config model; the kind names the worker loop that runs it (trainer.driver).
 CONFIG_MODELS: dict[str, type[BaseModel]] = {
     "simclr": SimCLRConfig,
     "linear_probe": LinearProbeConfig,
+    **GENERATIVE_CONFIGS,
 }
-JobKind = Literal["simclr", "linear_probe"]
+JobKind = Literal["simclr", "linear_probe", "ddpm", "vae", "gan", "diffusevae", "flow"]
+JobConfig = (
+    SimCLRConfig
+    | LinearProbeConfig
+    | DDPMConfig
+    | VAEConfig
+    | GANConfig
+    | DiffuseVAEConfig
+    | FlowConfig
+)
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -35,7 +53,7 @@ class JobSpec(StrictModel):
 
     job_id: str
     kind: JobKind = "simclr"
-    config: SimCLRConfig | LinearProbeConfig
+    config: JobConfig
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")

@@ -16,17 +16,21 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from trainer.config import DatasetConfig
+from trainer.data.folders import (
+    DECODE_ERRORS,
+    class_folders,
+    decode_rgb,
+    list_images,
+    read_class_list,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
 
@@ -63,9 +67,8 @@ class UnreadableImage:
 class ImageFolderImages(Dataset):
     """``<root>/<class>/<file>`` decoded to uint8 RGB (3, h, w) with the longer side at most ``max_side``.
 
-    Decoding is Pillow's (libjpeg-turbo); a JPEG larger than needed is decoded at a reduced scale in
-    the DCT domain (``Image.draft``), several times faster than a full decode, then resized with
-    anti-aliasing.
+    Decoding is ``trainer.data.folders.decode_rgb`` (Pillow, libjpeg-turbo, reduced-scale DCT
+    decoding of large JPEGs).
 
     ``on_error="skip"`` returns an ``UnreadableImage`` for a file that does not decode (the collate
     function drops it and counts it, and a warning names it); ``"raise"`` raises ``ValueError``.
@@ -81,24 +84,7 @@ class ImageFolderImages(Dataset):
         """``classes``: the class folders to read, in label order (default: all, sorted)."""
         root = Path(root)
         self.classes = classes or class_folders(root)
-        missing = [name for name in self.classes if not (root / name).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self.classes)} class folders missing under {root}: "
-                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
-            )
-        self.samples: list[tuple[str, int]] = []
-        for label, name in enumerate(self.classes):
-            files = sorted(
-                str(p)
-                for p in (root / name).rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
-            if not files:
-                raise FileNotFoundError(
-                    f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-                )
-            self.samples += [(f, label) for f in files]
+        self.samples = list_images(root, self.classes)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root = root
@@ -112,52 +98,13 @@ class ImageFolderImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | UnreadableImage, int]:
         path, label = self.samples[index]
         try:
-            with Image.open(path) as image:
-                image.draft("RGB", (self.max_side, self.max_side))
-                image = image.convert("RGB")
-                if max(image.size) > self.max_side:
-                    scale = self.max_side / max(image.size)
-                    new_size = (
-                        max(1, round(image.width * scale)),
-                        max(1, round(image.height * scale)),
-                    )
-                    image = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-                pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+            pixels = torch.from_numpy(decode_rgb(path, self.max_side)).permute(2, 0, 1)
+        except DECODE_ERRORS as error:
             if self.on_error == "raise":
                 raise ValueError(f"cannot decode image {path}: {error}") from error
             log.warning("skipping unreadable image %s: %s", path, error)
             return UnreadableImage(path, str(error)), label
         return pixels, label
-
-
-def class_folders(root: Path) -> list[str]:
-    """The sorted class sub-directories of an ImageFolder root."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise FileNotFoundError(
-            f"image folder {root} has no class sub-directories (expected {root}/<class>/<image>)"
-        )
-    return classes
-
-
-def read_class_list(path: str | Path) -> list[str]:
-    """Class folder names, one per line (blank lines and ``#`` comments ignored)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"class list {path} not found") from None
-    names = [line.split("#", 1)[0].strip() for line in lines]
-    names = [name for name in names if name]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if not names or duplicates:
-        raise ValueError(
-            f"class list {path} "
-            + (f"repeats {', '.join(duplicates)}" if duplicates else "names no class")
-        )
-    return names
 
 
 def split_folders(config: DatasetConfig) -> dict[str, Path]:
@@ -272,6 +219,11 @@ def build_dataset(
             config.synthetic_images, config.synthetic_classes, config.view_size, seed
         )
     assert config.root is not None  # DatasetConfig requires a root for every other set
+    if name == "packed":
+        raise ValueError(
+            f"packed shards ({config.root}) are streamed by the ray_data loader of a Ray job; "
+            "point this job at the image folder instead"
+        )
     if name in ("cifar10", "cifar100"):
         return load_cifar(config.root, split, classes=int(name.removeprefix("cifar")))
     if name == "stl10":

@@ -1,0 +1,150 @@
+"""Every generative kind trains, reports, draws, and resumes exactly, on the local session; configs
+reject what cannot run. (The same loop on Ray workers through the API: test_generative_service.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from trainer.config import DatasetConfig, read_mapping
+from trainer.generative.config import GENERATIVE_CONFIGS
+from trainer.generative.data import load_images
+from trainer.generative.frechet import InceptionFeatures
+from trainer.generative.loop import run_generative
+from trainer.session import LocalSession
+from trainer.spec import JobSpec
+
+TINY_UNET = {
+    "base_channels": 8, "channel_mults": [1, 2], "blocks_per_resolution": 1,
+    "attention_resolutions": [4], "dropout": 0.0,
+}  # fmt: skip
+KIND_SETTINGS = {
+    "ddpm": {"timesteps": 10, "unet": TINY_UNET, "mlp_hidden": 32, "warmup_steps": 2},
+    "vae": {"iwae_k": 4, "latent_dim": 4, "width": 8, "hidden": 32},
+    "gan": {"width": 8, "latent_dim": 8, "hidden": 32},
+    "flow": {"layers": ["sigmoidal", "residual", "planar", "radial"]},
+    "diffusevae": {
+        "vae_steps": 2,
+        "vae": {"latent_dim": 4, "width": 8, "hidden": 32},
+        "diffusion": {"timesteps": 10, "unet": TINY_UNET, "mlp_hidden": 32},
+    },
+}
+TOY = {"name": "two_moons", "train_size": 256, "test_size": 32}
+DIGITS = {"name": "digits"}
+
+
+def config_of(kind: str, data: dict, **overrides):
+    fields = {"data": data, "batch_size": 32, "steps": 4, "log_every_steps": 1,
+              "checkpoint_every_steps": 2, "eval_examples": 16, "sample_count": 9,
+              "frechet_classifier_steps": 5, **KIND_SETTINGS[kind], **overrides}  # fmt: skip
+    return GENERATIVE_CONFIGS[kind].model_validate(fields)
+
+
+def parameters(run_dir) -> dict[str, torch.Tensor]:
+    state = torch.load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    return {f"{n}.{k}": v for n, sd in state["networks"].items() for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("data", [TOY, DIGITS], ids=["two_moons", "digits"])
+@pytest.mark.parametrize("kind", list(GENERATIVE_CONFIGS))
+def test_each_kind_trains_reports_draws_and_resumes_exactly(kind, data, tmp_path):
+    config = config_of(kind, data)
+    whole = run_generative(kind, config, LocalSession(tmp_path / "whole"), progress=False)
+    assert whole.steps == 4
+    rows = [
+        json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    evaluated = rows[-1]
+    if data is DIGITS:
+        assert evaluated["frechet_classifier"] >= 0
+    else:
+        assert evaluated["data_log_likelihood_nats"] == pytest.approx(-1.01, abs=0.02)
+    bound = {"ddpm": "bound_nats", "vae": "iwae_nats", "flow": "log_likelihood_nats",
+             "diffusevae": "ddpm_term_nats", "gan": None}[kind]  # fmt: skip
+    if bound and data is TOY:  # no model beats the data's own log-likelihood (-H)
+        assert evaluated[bound] < -1.0
+    if bound and data is DIGITS:
+        assert 0 < evaluated[bound.replace("_nats", "_bpd")] < 12
+    for name in ("samples.png", "curves.png"):
+        assert (tmp_path / "whole" / name).read_bytes().startswith(b"\x89PNG")
+
+    interrupted = LocalSession(tmp_path / "resumed")
+    assert run_generative(kind, config, interrupted, stop_after=2, progress=False).steps == 2
+    resumed = run_generative(kind, config, LocalSession(tmp_path / "resumed"), progress=False)
+    assert resumed.steps == 4 and [row["step"] for row in resumed.history] == [1, 2, 3, 4]
+    expected, got = parameters(tmp_path / "whole"), parameters(tmp_path / "resumed")
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), f"{kind}: {name} differs after resuming"
+
+
+def test_configs_reject_what_cannot_run():
+    with pytest.raises(ValidationError, match="vae_steps"):
+        config_of("diffusevae", TOY, vae_steps=4)
+    with pytest.raises(ValidationError, match="bernoulli"):
+        config_of("vae", TOY, decoder="bernoulli")
+    with pytest.raises(ValidationError, match="layers"):
+        config_of("flow", TOY, layers=["spline"])
+    with pytest.raises(ValidationError, match="name"):
+        config_of("ddpm", {"name": "three_moons"})
+
+
+def test_a_job_spec_validates_a_generative_config_with_its_kind():
+    spec = JobSpec.model_validate(
+        {"job_id": "g1", "kind": "gan", "storage_path": "/tmp/x",
+         "config": {"data": {"name": "cifar10", "root": "/data/cifar"}, "r1_gamma": 1.0}}
+    )  # fmt: skip
+    assert type(spec.config).__name__ == "GANConfig" and spec.config.r1_gamma == 1.0
+    with pytest.raises(ValidationError, match="r1_gamma"):
+        JobSpec.model_validate({"job_id": "g2", "kind": "gan", "storage_path": "/tmp/x",
+                                "config": {"data": TOY, "r1_gamma": -1}})  # fmt: skip
+
+
+def test_the_bernoulli_decoder_scores_binarised_digits(tmp_path):
+    config = config_of("vae", DIGITS, decoder="bernoulli")
+    run = run_generative("vae", config, LocalSession(tmp_path), progress=False)
+    assert 0 < run.metrics["iwae_bpd"] < 1  # binary pixels: at most 1 bit each
+    assert run.metrics["iwae_nats"] >= run.metrics["elbo_nats"] - 1.0
+
+
+@pytest.mark.parametrize(
+    "kind, name",
+    [("ddpm", "ddpm-digits"), ("vae", "vae-digits"), ("gan", "gan-digits"),
+     ("diffusevae", "diffusevae-digits"), ("flow", "flow-two-moons")],
+)  # fmt: skip
+def test_shipped_generative_configs_validate(kind, name):
+    GENERATIVE_CONFIGS[kind].model_validate(read_mapping(f"configs/{name}.yaml"))
+
+
+def test_an_image_folder_is_cropped_resized_and_split(tmp_path):
+    from PIL import Image
+
+    for label, colour in enumerate(["red", "blue"]):
+        folder = tmp_path / "tree" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (40 + i, 30), colour).save(folder / f"{i}.jpg")
+    (tmp_path / "tree" / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    data = load_images(DatasetConfig(name="imagefolder", root=str(tmp_path / "tree")), 16)
+    assert data.train.shape == (18, 3, 16, 16) and data.test.shape == (2, 3, 16, 16)
+    assert data.levels == 256 and data.train.min() >= -1 and data.train.max() <= 1
+    red = data.train[data.train_labels == 0]
+    assert (red[:, 0].mean() > 0.9) and (red[:, 2].mean() < -0.9)
+
+
+def test_inception_features_load_a_local_state_dict_and_a_missing_file_is_named(tmp_path):
+    from torchvision.models import inception_v3
+
+    weights = tmp_path / "inception.pt"
+    torch.save(
+        inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights
+    )
+    scorer = InceptionFeatures(str(weights), torch.device("cpu"))
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert scorer.features(images).shape == (3, 2048)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        InceptionFeatures(str(tmp_path / "missing.pt"), torch.device("cpu"))
