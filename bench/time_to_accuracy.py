@@ -16,7 +16,9 @@ Contenders, one after the other on this machine's cores, each with the same wall
   processes), its ``NTXentLoss`` and ``LARS``, with the SAME backbone and head modules, batch,
   parameter groups and schedule function, so only the pipeline differs;
 - the encoder at its random initialisation (the weights both start from), and raw pixels.
-The recipe is the paper's CIFAR one (colour strength 0.5, no blur, temperature 0.5) with LARS.
+The recipe is the paper's CIFAR one (colour strength 0.5, no blur, temperature 0.5) with LARS at
+the product's default square-root lr scaling (0.075 x sqrt(256) = 1.2; ``--lr-scaling linear`` for
+the paper's main-text 0.3 x B/256).
 Each run's length in steps is set from its own step time, measured over a few steps before the
 clock starts, so that its cosine schedule ends with the budget; checkpoints at ``--points`` even
 fractions of it are scored afterwards (the probe's time is not in the budget): fast-mode features
@@ -350,8 +352,8 @@ def main() -> None:
     )
     parser.add_argument("--points", type=int, default=6, help="checkpoints scored per run")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.3)
-    parser.add_argument("--lr-scaling", choices=["linear", "sqrt"], default="linear")
+    parser.add_argument("--lr", type=float, default=None, help="base lr; default the product's")
+    parser.add_argument("--lr-scaling", choices=["linear", "sqrt"], default="sqrt")
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--warmup-epochs", type=float, default=5)
     parser.add_argument("--temperature", type=float, default=0.5)

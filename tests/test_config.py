@@ -20,11 +20,19 @@ def test_defaults_are_the_papers_imagenet_recipe():
         opt.name == "lars" and opt.momentum == 0.9 and opt.weight_decay == 1e-6 and opt.eta == 1e-3
     )
     assert opt.warmup_epochs == 10
-    assert scaled_learning_rate(opt.base_lr, config.batch_size, opt.lr_scaling) == pytest.approx(
-        4.8
-    )
+    assert scaled_learning_rate(opt.resolved_base_lr, 4096, opt.lr_scaling) == pytest.approx(4.8)
     assert config.augment.strength == 1.0 and config.augment.blur
     assert (config.head.hidden_dim, config.head.out_dim, config.head.num_layers) == (2048, 128, 2)
+
+
+def test_the_default_learning_rate_scales_with_the_square_root_of_the_batch():
+    """The paper's 4.8 at B = 4096 either way; below it, 0.075 x sqrt(B) (App. B.1)."""
+    small = SimCLRConfig.model_validate({"dataset": {"name": "digits"}, "batch_size": 256})
+    opt = small.optimizer
+    assert scaled_learning_rate(opt.resolved_base_lr, 256, opt.lr_scaling) == pytest.approx(1.2)
+    linear = small.optimizer.model_copy(update={"lr_scaling": "linear"})
+    assert scaled_learning_rate(linear.resolved_base_lr, 4096, "linear") == pytest.approx(4.8)
+    assert scaled_learning_rate(linear.resolved_base_lr, 256, "linear") == pytest.approx(0.3)
 
 
 def test_unknown_fields_are_rejected_with_their_name():
@@ -38,7 +46,7 @@ def test_root_is_required_where_data_lives_on_disk():
 
 
 def test_shipped_configs_load(tmp_path):
-    for name in ("digits-demo", "cifar10", "imagenet"):
+    for name in ("digits-demo", "cifar10", "cifar10-short", "imagenet"):
         load_config(f"configs/{name}.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("batch_size: [1, 2\n")

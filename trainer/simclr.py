@@ -51,7 +51,7 @@ class LearningRateSchedule:
 
     def __init__(self, config: SimCLRConfig, steps_per_epoch: int):
         opt = config.optimizer
-        self.peak = scaled_learning_rate(opt.base_lr, config.batch_size, opt.lr_scaling)
+        self.peak = scaled_learning_rate(opt.resolved_base_lr, config.batch_size, opt.lr_scaling)
         self.warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
         self.total_steps = config.epochs * steps_per_epoch
 
