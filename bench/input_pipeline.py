@@ -164,31 +164,32 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=256, help="decoded canvas side (ours)")
     args = parser.parse_args()
     torch.set_num_threads(args.cores)
-    scratch = Path(tempfile.mkdtemp(prefix="input-bench-"))
-    what = write_tree(scratch / "tree", args.images)
-    mean_kb = np.mean([p.stat().st_size for p in (scratch / "tree").rglob("*.jpg")]) / 1024
-    pack(scratch / "tree", scratch / "packed", shard_bytes=32 << 20, progress=False)
-    print(f"# {machine_summary()}; {args.images} JPEGs {PHOTO[0]}x{PHOTO[1]} ({what}), mean {mean_kb:.0f} kB; "
-          f"{args.cores} cores; views {VIEW} px, batch {BATCH}, canvas {args.max_side}")  # fmt: skip
-    augment = SimCLRAugment(VIEW, strength=1.0, blur=True)
+    with tempfile.TemporaryDirectory(prefix="input-bench-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        what = write_tree(scratch / "tree", args.images)
+        mean_kb = np.mean([p.stat().st_size for p in (scratch / "tree").rglob("*.jpg")]) / 1024
+        pack(scratch / "tree", scratch / "packed", shard_bytes=32 << 20, progress=False)
+        print(f"# {machine_summary()}; {args.images} JPEGs {PHOTO[0]}x{PHOTO[1]} ({what}), mean {mean_kb:.0f} kB; "
+              f"{args.cores} cores; views {VIEW} px, batch {BATCH}, canvas {args.max_side}")  # fmt: skip
+        augment = SimCLRAugment(VIEW, strength=1.0, blur=True)
 
-    import ray
+        import ray
 
-    ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    paths = {
-        "torchvision ImageFolder + per-image transforms": lambda: torchvision_path(scratch / "tree", args.cores),
-        "torch: ImageFolderImages + batched augment": lambda: torch_path(scratch / "tree", args.cores, args.max_side, augment),
-        "ray_data: packed shards + batched augment": lambda: ray_data_path(scratch / "packed", args.max_side, augment),
-        "synthetic input + batched augment (ceiling)": lambda: synthetic_path(args.max_side, augment),
-        "torch decode only (canvases, no augment)": lambda: torch_path(scratch / "tree", args.cores, args.max_side, None),
-        "ray_data decode only (canvases, no augment)": lambda: ray_data_path(scratch / "packed", args.max_side, None),
-    }  # fmt: skip
-    print("| path | images/s (two views each) | per core |")
-    print("|---|---|---|")
-    for name, make in paths.items():
-        images_per_s = rate(make(), args.seconds)
-        print(f"| {name} | {images_per_s:.0f} | {images_per_s / args.cores:.0f} |", flush=True)
+        ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        paths = {
+            "torchvision ImageFolder + per-image transforms": lambda: torchvision_path(scratch / "tree", args.cores),
+            "torch: ImageFolderImages + batched augment": lambda: torch_path(scratch / "tree", args.cores, args.max_side, augment),
+            "ray_data: packed shards + batched augment": lambda: ray_data_path(scratch / "packed", args.max_side, augment),
+            "synthetic input + batched augment (ceiling)": lambda: synthetic_path(args.max_side, augment),
+            "torch decode only (canvases, no augment)": lambda: torch_path(scratch / "tree", args.cores, args.max_side, None),
+            "ray_data decode only (canvases, no augment)": lambda: ray_data_path(scratch / "packed", args.max_side, None),
+        }  # fmt: skip
+        print("| path | images/s (two views each) | per core |")
+        print("|---|---|---|")
+        for name, make in paths.items():
+            images_per_s = rate(make(), args.seconds)
+            print(f"| {name} | {images_per_s:.0f} | {images_per_s / args.cores:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
