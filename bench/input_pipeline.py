@@ -163,6 +163,11 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--max-side", type=int, default=256, help="decoded canvas side (ours)")
     args = parser.parse_args()
+    fewest = -(-BATCH // 10) * 10  # whole classes of 10 images, at least one full batch
+    if args.images < fewest:
+        parser.error(
+            f"--images {args.images}: at least {fewest} are needed for one batch of {BATCH}"
+        )
     torch.set_num_threads(args.cores)
     with tempfile.TemporaryDirectory(prefix="input-bench-") as scratch_dir:
         scratch = Path(scratch_dir)

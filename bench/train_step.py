@@ -5,12 +5,17 @@ forward pass over both views, NT-Xent (tau 0.5), backward, LARS step with biases
 The two contenders share the model, the views and the parameter groups; only the loss and the
 optimiser differ. Also reported: the step's FLOPs (counted by ``torch.utils.flop_counter``) over its
 time, as a fraction of this machine's measured fp32 matmul rate (the compute floor).
-Run: ``python -m bench.train_step [--rounds 6] [--pairs 128] [--threads 2]``.
+``--backbone small_cnn --width 32`` times the time-to-accuracy benchmark's small CNN instead;
+``--channels-last`` puts weights and views in that layout; ``--compile`` adds a third contender, ours
+with the model under ``torch.compile`` (``SimCLRConfig.compile_model``), and reports its compile time.
+Run: ``python -m bench.train_step [--rounds 6] [--pairs 128] [--threads 2] [--backbone resnet18]
+[--width 32] [--channels-last] [--compile]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import torch
@@ -25,15 +30,19 @@ from trainer.optim import LARS, lars_param_groups
 TEMPERATURE = 0.5
 
 
-def make_model() -> SimCLRNet:
+def make_model(backbone_name: str, width: int, channels_last: bool) -> SimCLRNet:
     torch.manual_seed(0)
-    backbone = build_backbone("resnet18", cifar_stem=True)
-    return SimCLRNet(backbone, ProjectionHead(backbone.feature_dim))
+    backbone = build_backbone(backbone_name, cifar_stem=True, width=width)
+    model = SimCLRNet(backbone, ProjectionHead(backbone.feature_dim))
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def make_step(
     model: nn.Module, views: torch.Tensor, loss_fn: Callable, optimizer: torch.optim.Optimizer
 ) -> Callable[[], int]:
+    """One training step of ``model`` (or of a compiled wrapper around it: ``optimizer`` holds the
+    parameters either way)."""
+
     def step() -> int:
         z_a, z_b = model(views).chunk(2)
         loss = loss_fn(z_a, z_b)
@@ -52,19 +61,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--backbone", choices=("resnet18", "small_cnn"), default="resnet18")
+    parser.add_argument("--width", type=int, default=32, help="small CNN base width")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lightly.loss import NTXentLoss
     from lightly.utils.lars import LARS as LightlyLARS
 
     views = torch.rand(2 * args.pairs, 3, 32, 32)
-    ours_model, lightly_model = make_model(), make_model()
-    ours = make_step(
-        ours_model,
-        views,
-        lambda a, b: nt_xent(a, b, TEMPERATURE),
-        LARS(lars_param_groups(ours_model, 1e-6), lr=0.1, momentum=0.9),
-    )
+    if args.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+
+    def make_ours(model: nn.Module, forward: nn.Module) -> Callable[[], int]:
+        return make_step(
+            forward,
+            views,
+            lambda a, b: nt_xent(a, b, TEMPERATURE),
+            LARS(lars_param_groups(model, 1e-6), lr=0.1, momentum=0.9),
+        )
+
+    def new_model() -> SimCLRNet:
+        return make_model(args.backbone, args.width, args.channels_last)
+
+    ours_model, lightly_model = new_model(), new_model()
+    ours = make_ours(ours_model, ours_model)
     lightly_loss = NTXentLoss(temperature=TEMPERATURE)
     theirs = make_step(
         lightly_model,
@@ -77,10 +99,24 @@ def main() -> None:
     step_flops = counter.get_total_flops()
     theirs()
     contenders = {"lightly NTXentLoss + LARS": theirs, "ours nt_xent + LARS": ours}
+    compile_note = ""
+    if args.compile:
+        compiled_model = new_model()
+        compiled = make_ours(compiled_model, torch.compile(compiled_model))
+        start = time.perf_counter()
+        compiled()  # compiles the forward and backward graphs
+        compile_note = f"; ours compiled: first step {time.perf_counter() - start:.1f} s"
+        contenders["ours nt_xent + LARS, torch.compile"] = compiled
     rates = interleaved_rates(contenders, args.rounds)
     peak = matmul_flops_per_second()
     baseline = median(rates["lightly NTXentLoss + LARS"])
-    print(f"# {machine_summary()}; ResNet-18 CIFAR stem, {args.pairs} pairs of 32-px views")
+    model_name = (
+        "ResNet-18 CIFAR stem" if args.backbone == "resnet18" else f"small CNN width {args.width}"
+    )
+    layout = ", channels-last" if args.channels_last else ""
+    print(
+        f"# {machine_summary()}; {model_name}{layout}, {args.pairs} pairs of 32-px views{compile_note}"
+    )
     print(
         f"# step FLOPs (forward + backward) {step_flops / 1e9:.1f} GFLOP; fp32 matmul rate {peak / 1e9:.0f} GFLOP/s"
     )
