@@ -9,7 +9,7 @@ time, as a fraction of this machine's measured fp32 matmul rate (the compute flo
 ``--channels-last`` puts weights and views in that layout; ``--compile`` adds a third contender, ours
 with the model under ``torch.compile`` (``SimCLRConfig.compile_model``), and reports its compile time.
 Run: ``python -m bench.train_step [--rounds 6] [--pairs 128] [--threads 2] [--backbone resnet18]
-[--width 32] [--channels-last] [--compile]``.
+[--width 64] [--channels-last] [--compile]``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--backbone", choices=("resnet18", "small_cnn"), default="resnet18")
-    parser.add_argument("--width", type=int, default=32, help="small CNN base width")
+    parser.add_argument("--width", type=int, default=64, help="small CNN base width")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     args = parser.parse_args()
