@@ -10,6 +10,7 @@ from trainer.checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from trainer.distributed import restore_rank_rng
 
 
 class Unpicklable:
@@ -49,3 +50,18 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     set_rng_state(state)
     torch.testing.assert_close(torch.rand(3), first)
+
+
+def test_a_rank_resumes_its_own_rng_stream_or_reseeds_when_the_worker_count_changed(caplog):
+    torch.manual_seed(7)
+    saved = [rng_state(), {"never": "read"}]  # rank 0's state, then rank 1's
+    expected = torch.rand(3)
+    torch.manual_seed(99)
+    restore_rank_rng(saved, rank=0, world=2, seed=0, step=40)
+    assert torch.equal(torch.rand(3), expected)
+
+    restore_rank_rng(saved, rank=2, world=3, seed=5, step=40)  # two saved states, three ranks
+    reseeded = torch.rand(3)
+    torch.manual_seed(5 + 1 + 2 + 40)
+    assert torch.equal(reseeded, torch.rand(3))
+    assert "checkpoint from 2 workers resumed on 3: RNG reseeded" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,7 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.checkpoint import rng_state
+from trainer.checkpoint import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:
@@ -42,6 +45,19 @@ def all_ranks_rng_states() -> list[dict[str, Any]]:
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, rng_state())
     return states
+
+
+def restore_rank_rng(
+    saved: list[dict[str, Any]], rank: int, world: int, seed: int, step: int
+) -> None:
+    """Resume this rank's random streams from ``saved`` (``all_ranks_rng_states`` at the checkpoint);
+    when the checkpoint was written by another number of ranks, seed ``seed + 1 + rank + step``
+    instead (each rank still independent, warned: the run no longer repeats exactly)."""
+    if len(saved) == world:
+        set_rng_state(saved[rank])
+        return
+    log.warning("checkpoint from %d workers resumed on %d: RNG reseeded", len(saved), world)
+    torch.manual_seed(seed + 1 + rank + step)
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:

@@ -21,11 +21,11 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.artifacts import views_grid_png
-from trainer.checkpoint import forked_rng, set_rng_state
+from trainer.checkpoint import forked_rng
 from trainer.config import SimCLRConfig
 from trainer.data.loader import steps_per_epoch
 from trainer.data.sources import BatchSource, build_source
-from trainer.distributed import all_ranks_rng_states, mean_over_ranks
+from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
 from trainer.gradient_cache import gradient_cache_backward
 from trainer.log import step_progress
 from trainer.optim import set_learning_rate
@@ -106,16 +106,7 @@ def run_simclr(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-        saved_rng = state["rng"]
-        if len(saved_rng) == world:
-            set_rng_state(saved_rng[rank])
-        else:
-            log.warning(
-                "checkpoint from %d workers resumed on %d: augmentation RNG reseeded",
-                len(saved_rng),
-                world,
-            )
-            torch.manual_seed(config.seed + 1 + rank + step)
+        restore_rank_rng(state["rng"], rank, world, config.seed, step)
         log.info("rank %d resumed at step %d", rank, step)
 
     last_step = min(schedule.total_steps, config.max_steps or math.inf)

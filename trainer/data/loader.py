@@ -80,6 +80,21 @@ class EpochBatches(Sampler[list[int]]):
             yield order[begin : begin + self.local_batch].tolist()
 
 
+def epoch_samplers(
+    num_images: int, global_batch: int, *, seed: int, rank: int = 0, world_size: int = 1,
+    start_step: int = 0,
+) -> Iterator[EpochBatches]:  # fmt: skip
+    """This rank's ``EpochBatches`` of every epoch from global step ``start_step`` on, without end:
+    the first starts mid-epoch at that step's batch (a resumed run reads nothing twice)."""
+    epoch, first_batch = divmod(start_step, steps_per_epoch(num_images, global_batch))
+    while True:
+        yield EpochBatches(
+            num_images, global_batch, seed=seed, epoch=epoch,
+            rank=rank, world_size=world_size, start_batch=first_batch,
+        )  # fmt: skip
+        epoch, first_batch = epoch + 1, 0
+
+
 def collate_padded(items: list[tuple[torch.Tensor | UnreadableImage, int]]) -> Batch:
     """Stack images of different sizes at the top-left of a zero canvas; drop unreadable ones."""
     kept = [(image, label) for image, label in items if isinstance(image, torch.Tensor)]

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from trainer.config import DatasetConfig
 from trainer.data.datasets import build_dataset
-from trainer.data.loader import Batch, EpochBatches, iterate_batches, steps_per_epoch
+from trainer.data.loader import Batch, epoch_samplers, iterate_batches
 
 
 class BatchSource(Protocol):
@@ -45,17 +45,13 @@ class IndexedSource:
         self.dataset, self.num_images = dataset, len(dataset)
         self.global_batch, self.seed, self.rank, self.world = global_batch, seed, rank, world_size
         self.loader_workers = loader_workers
-        self.per_epoch = steps_per_epoch(self.num_images, global_batch)
 
     def batches(self, start_step: int) -> Iterator[Batch]:
-        epoch, first_batch = divmod(start_step, self.per_epoch)
-        while True:
-            sampler = EpochBatches(
-                self.num_images, self.global_batch, seed=self.seed, epoch=epoch,
-                rank=self.rank, world_size=self.world, start_batch=first_batch,
-            )  # fmt: skip
+        for sampler in epoch_samplers(
+            self.num_images, self.global_batch, seed=self.seed, rank=self.rank,
+            world_size=self.world, start_step=start_step,
+        ):  # fmt: skip
             yield from iterate_batches(self.dataset, sampler, self.loader_workers)
-            epoch, first_batch = epoch + 1, 0
 
 
 class SyntheticSource:

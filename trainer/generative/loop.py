@@ -12,6 +12,7 @@ samples for labelled image sets) and leaves ``samples.png`` and ``curves.png`` a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from trainer.artifacts import curves_png, image_grid_png, scatter_png
-from trainer.checkpoint import forked_rng, set_rng_state
-from trainer.data.loader import EpochBatches, steps_per_epoch
-from trainer.distributed import all_ranks_rng_states, mean_over_ranks
+from trainer.checkpoint import forked_rng
+from trainer.data.loader import epoch_samplers, steps_per_epoch
+from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
 from trainer.generative.config import TrainingConfig
 from trainer.generative.data import GenerativeData, load_generative_data
 from trainer.generative.frechet import ClassifierFeatures, FeatureDistance, InceptionFeatures
@@ -118,13 +119,7 @@ def run_generative(
         for name, optimizer in task.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         step, history = state["step"], state["history"]
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
-        else:
-            log.warning(
-                "checkpoint from %d workers resumed on %d: RNG reseeded", len(state["rng"]), world
-            )
-            torch.manual_seed(config.seed + 1 + rank + step)
+        restore_rank_rng(state["rng"], rank, world, config.seed, step)
         log.info("rank %d resumed at step %d", rank, step)
     last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
     if rank == 0:
@@ -157,40 +152,39 @@ def run_generative(
     window_start, window_examples = time.perf_counter(), 0
     latest: dict[str, float] = {}
     eval_every = config.eval_every_steps or config.checkpoint_every_steps
-    while step < last_step:
-        epoch, first_batch = divmod(step, per_epoch)
-        batches = EpochBatches(
-            len(data.train), config.batch_size, seed=config.seed, epoch=epoch,
-            rank=rank, world_size=world, start_batch=first_batch,
-        )  # fmt: skip
-        for indices in batches:
-            if step >= last_step:
-                break
-            x = data.train[torch.tensor(indices)].to(device, non_blocking=True)
-            step_metrics = task.train_step(x, step)
-            step += 1
-            window_examples += x.shape[0] * world
-            bar.update(1)
-            save = step % config.checkpoint_every_steps == 0 or step == last_step
-            evaluate = step % eval_every == 0 or step == last_step
-            if step % config.log_every_steps and not save and not evaluate:
-                continue
-            row = {name: mean_over_ranks(value) for name, value in step_metrics.items()}
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"{kind} loss became {row['loss']} at step {step}")
-            row |= {
-                "step": step,
-                "epoch": epoch,
-                "lr": task.learning_rate(step - 1),
-                "images_per_s": window_examples / (time.perf_counter() - window_start),
-                "time": time.time(),
-            }
-            if evaluate and rank == 0:
-                row |= _evaluate(kind, task, data, scorers, config, session, step, history)
-            history.append(row)
-            latest = row
-            session.report(row, checkpoint_state() if save else None)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            window_start, window_examples = time.perf_counter(), 0
+    samplers = epoch_samplers(
+        len(data.train), config.batch_size, seed=config.seed, rank=rank, world_size=world,
+        start_step=step,
+    )  # fmt: skip
+    for indices in itertools.chain.from_iterable(samplers):
+        if step >= last_step:
+            break
+        epoch = step // per_epoch
+        x = data.train[torch.tensor(indices)].to(device, non_blocking=True)
+        step_metrics = task.train_step(x, step)
+        step += 1
+        window_examples += x.shape[0] * world
+        bar.update(1)
+        save = step % config.checkpoint_every_steps == 0 or step == last_step
+        evaluate = step % eval_every == 0 or step == last_step
+        if step % config.log_every_steps and not save and not evaluate:
+            continue
+        row = {name: mean_over_ranks(value) for name, value in step_metrics.items()}
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"{kind} loss became {row['loss']} at step {step}")
+        row |= {
+            "step": step,
+            "epoch": epoch,
+            "lr": task.learning_rate(step - 1),
+            "images_per_s": window_examples / (time.perf_counter() - window_start),
+            "time": time.time(),
+        }
+        if evaluate and rank == 0:
+            row |= _evaluate(kind, task, data, scorers, config, session, step, history)
+        history.append(row)
+        latest = row
+        session.report(row, checkpoint_state() if save else None)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        window_start, window_examples = time.perf_counter(), 0
     bar.close()
     return GenerativeRun(step, latest, history)
