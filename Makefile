@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo demo-local test lint bench bench-service clean
+.PHONY: install demo demo-local test test-slow lint bench bench-service clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo-local: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m "not fault"
+
+# Fault injection: a Ray head killed mid-run, a database cut for 30 s (a few minutes).
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m fault
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

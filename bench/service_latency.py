@@ -11,6 +11,10 @@ alone: the floor). Then 2,000 concurrent submits with idempotency keys (1,000 ke
 twice, in random order, 64 at a time, from httpx) must create each job exactly once. Beside them,
 Ray's ``GET /api/jobs/{id}`` on a local head at the same concurrency (``wrk``), and 32 submissions
 to ``POST /api/jobs/`` (entrypoint ``true``) from 1 and from 16 clients (httpx).
+
+``--list-jobs N --log-mb M`` then fills each store with N jobs whose attempts hold an M MB log
+(written straight into the tables, as the reconciler would have appended it) and measures
+``GET /v1/jobs?limit=50``: a list must not read the logs.
 """
 
 from __future__ import annotations
@@ -119,7 +123,46 @@ def summary(name: str, latencies: list[float], wall: float, responses: list[http
             f"{len(latencies) / wall:.0f} | {errors} |")  # fmt: skip
 
 
-def bench_service(label: str, database_url: str, seconds: int) -> list[str]:
+def fill(database_url: str, jobs: int, log_mb: float) -> None:
+    """``jobs`` running jobs, each with one attempt whose stored log is ``log_mb`` MB."""
+    from sqlalchemy import insert
+
+    from services.store.db import make_engine, migrate
+    from services.store.store import new_job_id, submission_id
+    from services.store.tables import Attempt, AttemptLog, Job, utcnow
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    line = "step 123 loss 6.1234 lr 0.300 images/s 512.0 (rank 0)\n"
+    text = line * int(log_mb * 1e6 / len(line))
+    batch = 50
+    started = time.perf_counter()
+    for first in range(0, jobs, batch):
+        with engine.begin() as connection:
+            ids = [f"{new_job_id()}-{first + i:06d}" for i in range(min(batch, jobs - first))]
+            now = utcnow()
+            connection.execute(insert(Job), [
+                {"id": job_id, "kind": "simclr", "name": job_id, "status": "running",
+                 "config": CONFIG, "resources": {"num_workers": 2}, "max_attempts": 3,
+                 "created_at": now, "updated_at": now} for job_id in ids
+            ])  # fmt: skip
+            attempt_ids = connection.execute(
+                insert(Attempt).returning(Attempt.id),
+                [{"job_id": job_id, "number": 1, "submission_id": submission_id(job_id, 1),
+                  "state": "running", "submit_errors": 0, "log_size": len(text),
+                  "created_at": now} for job_id in ids],
+            ).scalars().all()  # fmt: skip
+            connection.execute(insert(AttemptLog), [
+                {"attempt_id": attempt_id, "start": 0, "text": text} for attempt_id in attempt_ids
+            ])  # fmt: skip
+    print(f"filled {jobs} jobs with {log_mb} MB logs in {time.perf_counter() - started:.0f} s",
+          flush=True)  # fmt: skip
+    engine.dispose()
+
+
+def bench_service(
+    label: str, database_url: str, seconds: int, list_jobs: int = 0, log_mb: float = 1.0
+) -> list[str]:
     port = free_port()
     server = subprocess.Popen(
         [
@@ -179,6 +222,12 @@ def bench_service(label: str, database_url: str, seconds: int) -> list[str]:
                     f"{created} created (202), {replayed} replayed (200), one job per key: "
                     f"{exactly_once} -->")  # fmt: skip
         print(rows[-1], flush=True)
+        if list_jobs:
+            fill(database_url, list_jobs, log_mb)
+            for concurrency in CONCURRENCY:
+                rows.append(wrk(f"{label} GET /v1/jobs?limit=50 of {list_jobs} jobs with "
+                                f"{log_mb:g} MB logs, {concurrency} clients",
+                                f"{base}/v1/jobs?limit=50", concurrency, seconds))  # fmt: skip
     finally:
         server.terminate()
         server.wait()
@@ -232,6 +281,13 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get(
         "SIMCLR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))  # fmt: skip
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument(
+        "--list-jobs",
+        type=int,
+        default=0,
+        help="then fill the store with this many jobs and time their listing",
+    )
+    parser.add_argument("--log-mb", type=float, default=1.0, help="each listed job's log")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
@@ -241,10 +297,11 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; {args.seconds} s per wrk run\n")
     rows = ["| requests | n | p50 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as scratch:
-        rows += bench_service("SQLite", f"sqlite:///{scratch}/bench.db", args.seconds)
+        rows += bench_service("SQLite", f"sqlite:///{scratch}/bench.db", args.seconds,
+                              args.list_jobs, args.log_mb)  # fmt: skip
     url, drop = postgres_schema(args.postgres_url)
     try:
-        rows += bench_service("PostgreSQL", url, args.seconds)
+        rows += bench_service("PostgreSQL", url, args.seconds, args.list_jobs, args.log_mb)
     finally:
         drop()
     if not args.skip_ray:

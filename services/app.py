@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from services import problems
 from services.dispatcher import Dispatcher
-from services.routes import evaluations, health, internal, jobs
+from services.routes import docs, evaluations, health, internal, jobs
 from services.service import Service
 from services.settings import Settings
 from services.telemetry import LatencyMiddleware
@@ -35,6 +35,10 @@ def create_app(
         version="0.1.0",
         summary="Submit, follow and inspect SimCLR and generative training jobs run on Ray.",
         lifespan=lifespan,
+        # served by services.routes.docs, behind the API token like everything but /healthz
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.add_middleware(
         LatencyMiddleware,
@@ -42,6 +46,7 @@ def create_app(
     )
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(jobs.router)
     app.include_router(evaluations.router)
     app.include_router(internal.router)

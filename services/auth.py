@@ -1,10 +1,24 @@
-"""Bearer tokens: ``SIMCLR_API_TOKEN`` for the API (when set), the internal token for workers."""
+"""Bearer tokens: ``SIMCLR_API_TOKEN`` for the API (when set), and a per-job token for workers.
+
+A job's workers get ``job_token(secret, job_id)``, an HMAC-SHA256 of the job id under the
+service's internal secret (``SIMCLR_INTERNAL_TOKEN``, or the one kept in the state directory),
+which never leaves the service. Ray shows a job's environment to anyone with dashboard access, so
+what a worker holds must be worth little: it is good for that job's own ``/internal/v1/jobs/<id>``
+reports and nothing else.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 
 from fastapi import HTTPException, Request
+
+
+def job_token(secret: str, job_id: str) -> str:
+    """The credential of job ``job_id``'s workers."""
+    return hmac.new(secret.encode(), f"simclr-job:{job_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def _bearer(request: Request) -> str | None:
@@ -28,5 +42,8 @@ async def require_api_token(request: Request) -> None:
         _require(request, expected, "SIMCLR_API_TOKEN")
 
 
-async def require_internal_token(request: Request) -> None:
-    _require(request, request.app.state.service.settings.internal_token, "internal token")
+async def require_job_token(request: Request) -> None:
+    """The bearer token must be the token of the job the path names."""
+    secret = request.app.state.service.settings.internal_token
+    job_id = request.path_params.get("job_id", "")
+    _require(request, job_token(secret, job_id), "the job's token")

@@ -30,6 +30,7 @@ def serve(args: argparse.Namespace) -> None:
     import logging
 
     import uvicorn
+    from pydantic import ValidationError
 
     from services.app import create_app
     from services.settings import Settings
@@ -37,8 +38,17 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
-    settings = Settings(**overrides)
+    overrides = {"host": args.host, "port": args.port, "insecure": args.insecure or None}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise SystemExit(f"error: {messages}") from None
+    if settings.insecure and not settings.api_token:
+        logging.getLogger("simclr.serve").warning(
+            "INSECURE: the API on %s:%d takes requests without a token from anyone who reaches it",
+            settings.host, settings.port,
+        )  # fmt: skip
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
@@ -120,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the API (embedded default: SQLite and a local Ray head)"
     )
     p.add_argument("--host")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without SIMCLR_API_TOKEN (logged as a warning)",
+    )
     p.add_argument("--port", type=int)
     p = commands.add_parser("submit", help="submit a job")
     p.add_argument("kind")

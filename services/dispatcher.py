@@ -10,15 +10,19 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
+from services.auth import job_token
 from services.settings import Settings
 from services.store.tables import Job
 from trainer.ray_auth import ray_auth_headers
 from trainer.spec import JobSpec
+
+
+# Seconds Ray waits for a stopped job's driver to abort its run before it sends SIGKILL.
+STOP_GRACE_S = 30
 
 
 class DispatchError(RuntimeError):
@@ -52,13 +56,16 @@ class Dispatcher(Protocol):
     def ping(self) -> None: ...
 
 
-def job_spec(job: Job, storage_path: str) -> JobSpec:
+def job_spec(job: Job, settings: Settings) -> JobSpec:
+    """What the driver runs for ``job``; raises ``pydantic.ValidationError`` when the stored
+    config no longer validates (written by an older release)."""
     return JobSpec(
         job_id=job.id,
         kind=job.kind,
         config=job.config,
         resources=job.resources,
-        storage_path=storage_path,
+        storage_path=settings.storage_root,
+        data_roots=settings.resolved_data_roots,
         # an evaluation is short and restarts from scratch: its errors (a corrupt checkpoint) are
         # not worth repeating; pretraining resumes from its checkpoint after a worker failure
         max_failures=0 if job.kind == "linear_probe" else 3,
@@ -72,8 +79,6 @@ class RayDispatcher:
     def __init__(self, dashboard_url: str, settings: Settings, timeout: float | None = None):
         self.dashboard_url = dashboard_url.rstrip("/")
         self.settings = settings
-        storage = settings.storage_path
-        self.storage_path = storage if "://" in storage else str(Path(storage).resolve())
         self._client = httpx.Client(
             base_url=self.dashboard_url, timeout=timeout or settings.submit_timeout_s
         )
@@ -101,7 +106,7 @@ class RayDispatcher:
     def submit(self, job: Job, submission_id: str) -> None:
         """Submit one attempt. A submission id Ray already has counts as submitted (a retry after
         a timeout whose request did arrive)."""
-        spec = job_spec(job, self.storage_path)
+        spec = job_spec(job, self.settings)
         entrypoint = (
             f"{shlex.quote(self.settings.driver_python)} -m trainer.driver "
             f"--spec-json {shlex.quote(spec.model_dump_json())}"
@@ -113,8 +118,13 @@ class RayDispatcher:
             "runtime_env": {
                 "env_vars": {
                     "SIMCLR_CONTROL_URL": self.settings.callback_url,
-                    "SIMCLR_INTERNAL_TOKEN": self.settings.internal_token,
+                    # this job's own credential: Ray shows the environment on its dashboard
+                    "SIMCLR_INTERNAL_TOKEN": job_token(self.settings.internal_token, job.id),
                     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
+                    # a stop (cancel) is Train's graceful abort: SIGINT to the driver, which
+                    # aborts the run and its workers, SIGKILL only if that takes too long
+                    "RAY_JOB_STOP_SIGNAL": "SIGINT",
+                    "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),
                 }
             },
         }

@@ -1,6 +1,7 @@
 """Errors as ``application/problem+json`` (RFC 9457): ``type``, ``title``, ``status``, ``detail``,
 and for validation errors ``errors``, each naming the field. Nothing else reaches a client: an
-unexpected exception is logged here and answered with a 500 that says only that."""
+unexpected exception is logged here and answered with a 500 that says only that; a database that
+does not answer is a 503 with ``Retry-After`` (workers keep their reports and send them again)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from services.kinds import ConfigError
@@ -60,6 +63,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, error: Conflict) -> JSONResponse:
         return problem(409, str(error))
+
+    async def _database_down(request: Request, error: Exception) -> JSONResponse:
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path,
+                    type(error).__name__)  # fmt: skip
+        return problem(
+            503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}
+        )
+
+    for error_type in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(error_type, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -7,13 +7,23 @@ vanished (a restarted head, a lost cluster) is ``lost``: the store queues a new 
 resumes the same Ray Train run from its latest checkpoint, until the job's ``max_attempts``.
 Because every step starts from the database, a restarted service adopts running jobs and
 dispatches queued ones without special cases.
+
+Each attempt is handled in isolation: an error with one (a row an older release wrote, a storage
+that cannot be read) is logged and that attempt is tried again next pass, while every other job
+is followed as usual; an attempt that can never be submitted (its stored config no longer
+validates) fails its job with the reason. When an attempt ends, what its run left on the storage
+(``services.backfill``) completes the record before the job's final status is written.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from pydantic import ValidationError
+
+from services.backfill import backfill
 from services.dispatcher import Dispatcher, DispatchError
 from services.store.store import LIVE_ATTEMPT_STATES, NotFound, Store
 
@@ -22,12 +32,22 @@ log = logging.getLogger(__name__)
 # Submissions that Ray refused (it answered with an error) before the job fails; while Ray cannot be
 # reached at all, submission is retried without limit and the job stays queued.
 SUBMIT_REFUSALS = 3
+FINISHED_RAY_STATES = ("succeeded", "failed", "stopped", "lost")
 
 
 class Reconciler:
-    def __init__(self, store: Store, dispatcher: Dispatcher, interval_s: float = 2.0):
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        interval_s: float = 2.0,
+        run_dir: Callable[[str], str] | None = None,
+    ):
+        """``run_dir(job_id)``: the job's run directory on the storage, read back when an
+        attempt ends; None reads nothing."""
         self.store = store
         self.dispatcher = dispatcher
+        self.run_dir = run_dir
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,6 +62,11 @@ class Reconciler:
             job = self.store.get_job(attempt.job_id)
             try:
                 self.dispatcher.submit(job, submission_id)
+            except ValidationError as error:  # written by an older release: it never will run
+                reason = f"the stored config no longer validates: {error}"
+                log.error("job %s: %s", job.id, reason)
+                self.store.record_submit_error(submission_id, reason, fail_after=1)
+                return
             except DispatchError as error:
                 log.warning("submitting %s failed: %s", submission_id, error)
                 if error.reachable:
@@ -60,6 +85,13 @@ class Reconciler:
             self.dispatcher.stop(submission_id)
         ray_state = self.dispatcher.state(submission_id)
         logs = None if ray_state.state == "lost" else self.dispatcher.logs(submission_id)
+        if ray_state.state in FINISHED_RAY_STATES and self.run_dir is not None:
+            try:  # an unreadable storage must not keep the job from ending
+                backfill(
+                    self.store, job.id, self.run_dir(job.id), job.config.get("keep_checkpoints")
+                )
+            except Exception:
+                log.exception("job %s: reading its run back from the storage failed", job.id)
         updated = self.store.update_attempt(submission_id, ray_state.state, ray_state.message, logs)
         if ray_state.state != attempt.state:
             log.info(
@@ -68,8 +100,9 @@ class Reconciler:
             )  # fmt: skip
 
     def run_once(self) -> None:
+        """One pass: submit new attempts, follow live ones, each in isolation."""
         for attempt in self.store.attempts_in(["new"]):
-            self.submit(attempt.submission_id)
+            self._isolated(self.submit, attempt.submission_id)
         for attempt in self.store.attempts_in(LIVE_ATTEMPT_STATES):
             try:
                 self.follow(attempt.submission_id)
@@ -79,6 +112,15 @@ class Reconciler:
                     return  # the cluster is down: nothing else will answer either
             except NotFound:
                 continue
+            except Exception:
+                log.exception("following %s failed; trying again next pass", attempt.submission_id)
+
+    @staticmethod
+    def _isolated(step: Callable[[str], None], submission_id: str) -> None:
+        try:
+            step(submission_id)
+        except Exception:
+            log.exception("%s of %s failed; trying again next pass", step.__name__, submission_id)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from services.kinds import TRAINING_KINDS
 from trainer.spec import Resources
@@ -16,10 +17,17 @@ UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))
 ]
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+# Bounds of stored numbers: the database's INTEGER columns, and byte sizes.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+# What a worker may name a metric, and the directory names Ray Train's checkpoints get
+# (trainer.ray_session: ``step-<8+ digits>``).
+METRIC_NAME = r"^[A-Za-z0-9_./-]{1,64}$"
+CHECKPOINT_NAME = r"^step-[0-9]{8,10}$"
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: JobKind
     name: str | None = Field(default=None, max_length=200)
@@ -34,9 +42,9 @@ class JobCreate(BaseModel):
 
 
 class AttemptOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, allow_inf_nan=False)
 
-    number: int
+    number: int = Field(ge=1, le=MAX_INT32)
     submission_id: str
     state: str
     message: str | None
@@ -47,7 +55,7 @@ class AttemptOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, allow_inf_nan=False)
 
     id: str
     kind: str
@@ -56,7 +64,7 @@ class JobOut(BaseModel):
     config: dict[str, Any]
     resources: dict[str, Any]
     attempts: list[AttemptOut]
-    max_attempts: int
+    max_attempts: int = Field(ge=1, le=MAX_INT32)
     error: str | None
     result: dict[str, Any] | None = None
     source_job_id: str | None = None
@@ -72,7 +80,7 @@ class JobPage(BaseModel):
 
 
 class EvaluationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     job_id: str = Field(description="the pretraining job whose checkpoint is scored")
     checkpoint: str = Field(default="latest", description="'latest' or a checkpoint's name")
@@ -87,16 +95,22 @@ class EvaluationCreate(BaseModel):
 
 
 class ProbeResultOut(BaseModel):
-    top1: float
-    top5: float
+    """A linear probe's result (reported by its workers): accuracies in percent."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    top1: float = Field(ge=0, le=100)
+    top5: float = Field(ge=0, le=100)
     mode: str
-    epochs: int
-    train_images: int
-    test_images: int
-    seconds: float | None = None
+    epochs: int = Field(ge=0, le=100_000)
+    train_images: int = Field(ge=0, le=10**12)
+    test_images: int = Field(ge=0, le=10**12)
+    seconds: float | None = Field(default=None, ge=0, le=10**9)
 
 
 class EvaluationOut(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     id: str
     job_id: str
     checkpoint: str
@@ -113,12 +127,20 @@ class EvaluationOut(BaseModel):
 
 
 class MetricOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    """A metric point; a non-finite value is written as ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (JSON has no literal for them)."""
+
+    model_config = ConfigDict(from_attributes=True, ser_json_inf_nan="strings")
 
     step: int
     epoch: int
     name: str
-    value: float
+    value: Annotated[
+        float,
+        BeforeValidator(lambda value: math.nan if value is None else value),  # NULL stores NaN
+        WithJsonSchema({"anyOf": [{"type": "number"},
+                                  {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]}),
+    ]  # fmt: skip
 
 
 class CheckpointOut(BaseModel):
@@ -134,18 +156,24 @@ class CheckpointOut(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     name: str
     content_type: str
-    size: int
+    size: int = Field(ge=0, le=MAX_INT64)
     created_at: UtcDatetime
     url: str
 
 
 class LogsOut(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     job_id: str
-    attempt: int
-    offset: int = Field(description="offset of the text's first character in the attempt's log")
-    next_offset: int
+    attempt: int = Field(ge=1, le=MAX_INT32)
+    offset: int = Field(
+        ge=0, description="offset of the text's first character in the attempt's log"
+    )
+    next_offset: int = Field(ge=0)
     text: str
     complete: bool = Field(description="the attempt has ended: its log will not grow")
 
@@ -154,24 +182,32 @@ class LogsOut(BaseModel):
 
 
 class MetricPointIn(BaseModel):
+    """A metric point as a worker reports it. ``value`` may be non-finite, sent as the string
+    ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (or JSON's extension literals)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    step: int = Field(ge=0)
-    epoch: int = Field(ge=0)
-    name: str = Field(min_length=1, max_length=64)
+    step: int = Field(ge=0, le=MAX_INT32)
+    epoch: int = Field(ge=0, le=MAX_INT32)
+    name: str = Field(min_length=1, max_length=64, pattern=METRIC_NAME)
     value: float
 
 
 class MetricsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     points: list[MetricPointIn] = Field(max_length=10_000)
 
 
 class CheckpointIn(BaseModel):
+    """A checkpoint Ray Train wrote for the job: ``name`` is its directory (``step-<digits>``),
+    ``path`` must be ``<the job's storage directory>/<name>`` (checked by the route)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    step: int = Field(ge=0)
-    epoch: int = Field(ge=0)
-    path: str
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    keep: int | None = Field(default=None, ge=1)
+    name: str = Field(pattern=CHECKPOINT_NAME)
+    step: int = Field(ge=0, le=MAX_INT32)
+    epoch: int = Field(ge=0, le=MAX_INT32)
+    path: str = Field(min_length=1, max_length=4096)
+    metrics: dict[str, float | int | str | bool | None] = Field(default_factory=dict, max_length=256)
+    keep: int | None = Field(default=None, ge=1, le=1000)

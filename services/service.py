@@ -60,7 +60,9 @@ class Service:
                 head = start_head(settings.state_dir, settings.dashboard_port)
                 address = head.dashboard_url
             dispatcher = RayDispatcher(address, settings)
-        reconciler = Reconciler(store, dispatcher, settings.reconcile_interval_s)
+        reconciler = Reconciler(
+            store, dispatcher, settings.reconcile_interval_s, run_dir=settings.run_dir
+        )
         if reconcile:
             reconciler.start()
         log.info(

@@ -1,19 +1,36 @@
 """The service's settings: environment variables with the prefix ``SIMCLR_`` (pydantic-settings).
 
 The embedded default needs none of them: a SQLite database and job storage under ``./.simclr/``,
-a local Ray head started and stopped by the service, the API on 127.0.0.1:8000 without a token.
+a local Ray head started and stopped by the service, the API on 127.0.0.1:8000 without a token,
+data sets read from under ``./data``.
+
+The state directory (the internal secret, the SQLite database, the job storage) can never be a
+data root or lie under one: a job's data paths are what a user chooses, and a path that
+reaches the secret would let a user read it back through an error message or forge reports.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 STATE_DIR = Path(".simclr")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -36,11 +53,17 @@ class Settings(BaseSettings):
         description="shared storage of the Ray Train runs (checkpoints); every node must reach it",
     )
     data_roots: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [str(Path.cwd())],
-        description="comma-separated directories that dataset roots must lie under",
+        default_factory=lambda: [str(Path.cwd() / "data")],
+        description="comma-separated directories that dataset roots must lie under; none may "
+        "hold the state directory, the storage or the SQLite database",
     )
     api_token: str | None = Field(
-        default=None, description="when set, every endpoint but health requires it"
+        default=None, description="when set, every endpoint but /healthz requires it"
+    )
+    insecure: bool = Field(
+        default=False,
+        description="listen beyond loopback without SIMCLR_API_TOKEN (anyone who reaches the "
+        "port can run jobs): refused unless this is set",
     )
     internal_token: str | None = Field(
         default=None,
@@ -71,9 +94,57 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _no_open_api_beyond_loopback(self) -> Settings:
+        if not self.api_token and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host} without SIMCLR_API_TOKEN: anyone who reaches "
+                "the port could run jobs and read their data. Set SIMCLR_API_TOKEN, listen on "
+                "127.0.0.1, or pass --insecure (SIMCLR_INSECURE=1) to accept that"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_roots_apart_from_state(self) -> Settings:
+        protected = [self.state_dir, self.sqlite_dir]
+        if "://" not in self.storage_path:
+            protected.append(Path(self.storage_path))
+        for root in self.resolved_data_roots:
+            for path in filter(None, protected):
+                path = Path(os.path.realpath(path))
+                if path.is_relative_to(root):
+                    raise ValueError(
+                        f"data root {root} holds the service's state at {path} (its secret, "
+                        "database or job storage): set SIMCLR_DATA_ROOTS to the directories that "
+                        "hold data sets only"
+                    )
+        return self
+
+    @property
+    def resolved_data_roots(self) -> list[str]:
+        """The data roots with every symlink resolved: what workers check each path against."""
+        return [os.path.realpath(root) for root in self.data_roots]
+
+    @property
+    def sqlite_dir(self) -> Path | None:
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).parent
+
     @property
     def callback_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def storage_root(self) -> str:
+        """``storage_path`` as every node sees it: a URI as given, a path made absolute."""
+        storage = self.storage_path
+        return storage.rstrip("/") if "://" in storage else str(Path(storage).resolve())
+
+    def run_dir(self, job_id: str) -> str:
+        """Where Ray Train keeps the job's run: its checkpoints and ``metrics.jsonl``."""
+        return f"{self.storage_root}/{job_id}"
 
     @property
     def state_dir(self) -> Path:

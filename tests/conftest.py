@@ -1,4 +1,6 @@
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -52,13 +54,10 @@ def _postgres_schema_url(schema: str) -> str:
     return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A fresh, empty database: a SQLite file, or a schema of its own on the PostgreSQL server
-    (skipped, saying so, only where no server answers)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'simclr.db'}"
-        return
+@contextlib.contextmanager
+def postgres_schema(prefix: str = "simclr_test") -> Iterator[str]:
+    """A schema of its own on the test PostgreSQL server, dropped after; yields its name (the
+    test is skipped, saying so, only where no server answers)."""
     import uuid
 
     import sqlalchemy
@@ -68,17 +67,27 @@ def database_url(request, tmp_path):
         connection = engine.connect()
     except sqlalchemy.exc.OperationalError as error:
         pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}: {error.orig}")
-    schema = f"simclr_test_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with connection:
         connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
         connection.commit()
     try:
-        yield _postgres_schema_url(schema)
+        yield schema
     finally:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
             connection.commit()
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a schema of its own on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'simclr.db'}"
+        return
+    with postgres_schema() as schema:
+        yield _postgres_schema_url(schema)
 
 
 @pytest.fixture

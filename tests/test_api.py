@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.app import create_app
+from services.auth import job_token
 from services.dispatcher import NoopDispatcher
 from services.settings import Settings
 
@@ -37,6 +38,15 @@ def make_client(
 def api(database_url, tmp_path):
     with make_client(database_url, tmp_path) as client:
         yield client
+
+
+def worker_auth(job_id: str, secret: str = INTERNAL) -> dict[str, str]:
+    """The header a job's workers send: that job's own token."""
+    return {"Authorization": f"Bearer {job_token(secret, job_id)}"}
+
+
+def run_dir(api: TestClient, job_id: str) -> str:
+    return api.app.state.service.settings.run_dir(job_id)
 
 
 def submit(api: TestClient, config=DIGITS, headers=None, **fields):
@@ -149,8 +159,8 @@ def test_auth_when_a_token_is_set(database_url, tmp_path):
         assert_problem(
             api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report, headers=ok), 401
         )
-        internal = {"Authorization": f"Bearer {INTERNAL}"}
-        assert_problem(api.get("/v1/jobs", headers=internal), 401)
+        for internal in (worker_auth(job_id), {"Authorization": f"Bearer {INTERNAL}"}):
+            assert_problem(api.get("/v1/jobs", headers=internal), 401)
 
 
 def test_list_filters_and_paginates(api):
@@ -191,7 +201,7 @@ def test_cancel_and_retry(api):
 
 def test_worker_reports_become_metrics_checkpoints_and_artifacts(api):
     job_id = submit(api).json()["id"]
-    auth = {"Authorization": f"Bearer {INTERNAL}"}
+    auth = worker_auth(job_id)
     points = [{"step": s, "epoch": 0, "name": n, "value": v}
               for s in (1, 2) for n, v in (("loss", 6.0 - s), ("lr", 0.1 * s))]  # fmt: skip
     assert (
@@ -200,8 +210,8 @@ def test_worker_reports_become_metrics_checkpoints_and_artifacts(api):
         ).status_code
         == 204
     )
-    checkpoint = {"name": "step-00000002", "step": 2, "epoch": 0, "path": f"/runs/{job_id}/step-00000002",
-                  "metrics": {"loss": 4.0}, "keep": 2}  # fmt: skip
+    checkpoint = {"name": "step-00000002", "step": 2, "epoch": 0, "keep": 2,
+                  "path": f"{run_dir(api, job_id)}/step-00000002", "metrics": {"loss": 4.0}}  # fmt: skip
     assert (
         api.post(
             f"/internal/v1/jobs/{job_id}/checkpoints", json=checkpoint, headers=auth
@@ -218,7 +228,13 @@ def test_worker_reports_become_metrics_checkpoints_and_artifacts(api):
         "artifact name",
     )
     assert_problem(
-        api.post("/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=auth), 404
+        api.post("/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=auth), 401
+    )
+    assert_problem(
+        api.post(
+            "/internal/v1/jobs/job-x/metrics", json={"points": points}, headers=worker_auth("job-x")
+        ),
+        404,
     )
 
     metrics = api.get(f"/v1/jobs/{job_id}/metrics").json()
@@ -252,7 +268,7 @@ def test_logs_are_served_by_offset(api):
     store.update_attempt(f"{job_id}-a1", "succeeded", log="line 1\nline 2\nline 3\n")
     rest = api.get(f"/v1/jobs/{job_id}/logs", params={"offset": first["next_offset"]}).json()
     assert rest["text"] == "line 3\n" and rest["complete"]
-    assert_problem(api.get(f"/v1/jobs/{job_id}/logs?attempt=7"), 422, "attempts 1..1")
+    assert_problem(api.get(f"/v1/jobs/{job_id}/logs?attempt=7"), 422, "no attempt 7")
 
 
 def test_health_readiness_and_prometheus_metrics(api):
@@ -289,13 +305,12 @@ def test_openapi_documents_the_api(api):
     assert api.get("/docs").status_code == 200
 
 
-def report_checkpoint(
-    api: TestClient, job_id: str, step: int, keep: int = 2, path: str | None = None
-):
+def report_checkpoint(api: TestClient, job_id: str, step: int, keep: int = 2):
     body = {"name": f"step-{step:08d}", "step": step, "epoch": 0, "keep": keep,
-            "path": path or f"/runs/{job_id}/step-{step:08d}", "metrics": {"loss": 1.0}}  # fmt: skip
-    response = api.post(f"/internal/v1/jobs/{job_id}/checkpoints", json=body,
-                        headers={"Authorization": f"Bearer {INTERNAL}"})  # fmt: skip
+            "path": f"{run_dir(api, job_id)}/step-{step:08d}", "metrics": {"loss": 1.0}}  # fmt: skip
+    response = api.post(
+        f"/internal/v1/jobs/{job_id}/checkpoints", json=body, headers=worker_auth(job_id)
+    )
     assert response.status_code == 201
 
 
@@ -314,7 +329,7 @@ def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
     # its own job of kind linear_probe, with the path the service resolved
     as_job = api.get(f"/v1/jobs/{evaluation['id']}").json()
     assert as_job["kind"] == "linear_probe" and as_job["source_job_id"] == job_id
-    assert as_job["config"]["checkpoint_path"] == f"/runs/{job_id}/step-00000006"
+    assert as_job["config"]["checkpoint_path"] == f"{run_dir(api, job_id)}/step-00000006"
 
     named = api.post("/v1/evaluations", json={"job_id": job_id, "checkpoint": "step-00000004",
                                               "config": {"mode": "augmented"}}).json()  # fmt: skip
@@ -322,7 +337,7 @@ def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
     result = {"top1": 97.5, "top5": 100.0, "mode": "fast", "epochs": 30, "train_images": 1347,
               "test_images": 450, "seconds": 3.2}  # fmt: skip
     reported = api.post(f"/internal/v1/jobs/{evaluation['id']}/result", json=result,
-                        headers={"Authorization": f"Bearer {INTERNAL}"})  # fmt: skip
+                        headers=worker_auth(evaluation["id"]))  # fmt: skip
     assert reported.status_code == 204
     assert api.get(f"/v1/evaluations/{evaluation['id']}").json()["result"] == result
     listed = api.get(f"/v1/jobs/{job_id}/evaluations").json()
@@ -360,7 +375,11 @@ def test_evaluation_errors(api, tmp_path):
 def test_the_internal_token_survives_a_restart_so_running_jobs_keep_reporting(
     database_url, tmp_path
 ):
-    settings = Settings(database_url=database_url, storage_path=str(tmp_path / "state" / "runs"))
+    settings = Settings(
+        database_url=database_url,
+        storage_path=str(tmp_path / "state" / "runs"),
+        data_roots=[str(tmp_path / "data")],
+    )
     tokens = []
     for _ in range(2):  # a service, then the same service restarted
         with TestClient(create_app(settings, NoopDispatcher(), reconcile=False)) as api:
@@ -368,7 +387,7 @@ def test_the_internal_token_survives_a_restart_so_running_jobs_keep_reporting(
             job_id = submit(api).json()["id"]
             report = {"points": [{"step": 1, "epoch": 0, "name": "loss", "value": 1.0}]}
             sent = api.post(f"/internal/v1/jobs/{job_id}/metrics", json=report,
-                            headers={"Authorization": f"Bearer {tokens[0]}"})  # fmt: skip
+                            headers=worker_auth(job_id, tokens[0]))  # fmt: skip
             assert sent.status_code == 204
     assert tokens[0] == tokens[1] and len(tokens[0]) >= 32
     token_file = tmp_path / "state" / "internal_token"

@@ -11,12 +11,13 @@ from services.app import create_app
 from services.client import Client
 from services.dispatcher import NoopDispatcher
 from services.settings import Settings
+from tests.test_api import worker_auth
 
 
 @pytest.fixture
 def api(tmp_path, monkeypatch):
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db'}", storage_path=str(tmp_path / "runs"),
-                        data_roots=[str(tmp_path)], internal_token="t")  # fmt: skip
+                        data_roots=[str(tmp_path / "data")], internal_token="t")  # fmt: skip
     with TestClient(create_app(settings, NoopDispatcher(), reconcile=False)) as client:
         monkeypatch.setattr(cli, "Client", lambda: Client(http=client))
         yield client
@@ -57,8 +58,10 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
     store = api.app.state.service.store
     store.update_attempt(f"{job_id}-a2", "running", log="hello from the driver\n")
     assert run(capsys, "logs", job_id) == "hello from the driver\n"
-    api.post(f"/internal/v1/jobs/{job_id}/checkpoints", headers={"Authorization": "Bearer t"},
-             json={"name": "step-00000003", "step": 3, "epoch": 0, "path": "/runs/x"})  # fmt: skip
+    path = f"{api.app.state.service.settings.run_dir(job_id)}/step-00000003"
+    reported = api.post(f"/internal/v1/jobs/{job_id}/checkpoints", headers=worker_auth(job_id, "t"),
+                        json={"name": "step-00000003", "step": 3, "epoch": 0, "path": path})  # fmt: skip
+    assert reported.status_code == 201
     out = run(capsys, "eval", job_id, "--epochs", "10")
     assert f"fast linear probe of {job_id} at step-00000003 on digits" in out
 

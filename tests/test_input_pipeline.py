@@ -40,9 +40,10 @@ def write_imagenet_tree(root: Path, train_per_class: int = 16, val_per_class: in
 
 @pytest.fixture
 def packed(tmp_path) -> Path:
-    source = write_imagenet_tree(tmp_path / "tree")
-    pack(source, tmp_path / "packed", shard_bytes=20_000, progress=False)
-    return tmp_path / "packed"
+    """Packed shards under ``<tmp>/data``, the data root of the service tests' settings."""
+    source = write_imagenet_tree(tmp_path / "data" / "tree")
+    pack(source, tmp_path / "data" / "packed", shard_bytes=20_000, progress=False)
+    return tmp_path / "data" / "packed"
 
 
 def test_pack_writes_checked_shards_of_mixed_classes_and_counts_unreadable_images(packed):
@@ -72,13 +73,13 @@ def test_pack_resumes_by_packing_only_missing_shards(packed, tmp_path):
     before = kept.stat().st_mtime_ns
     (packed / shards[1]["file"]).unlink()
     (packed / shards[1]["file"]).with_suffix(".json").unlink()
-    again = pack(tmp_path / "tree", packed, shard_bytes=20_000, progress=False)
+    again = pack(packed.parent / "tree", packed, shard_bytes=20_000, progress=False)
     assert again["splits"] == manifest["splits"]
     assert kept.stat().st_mtime_ns == before
 
 
 def test_packing_in_parallel_processes_writes_the_same_shards(packed, tmp_path):
-    parallel = pack(tmp_path / "tree", tmp_path / "parallel", shard_bytes=20_000, workers=2,
+    parallel = pack(packed.parent / "tree", tmp_path / "parallel", shard_bytes=20_000, workers=2,
                     progress=False)  # fmt: skip
     serial = read_manifest(packed)["splits"]
     for split, info in parallel["splits"].items():

@@ -1,15 +1,23 @@
 """The reconciler against a scripted Ray: dispatch with retries, state mapping, stored logs,
-cancellation, resubmission of a lost job, and adoption by a restarted service."""
+cancellation, resubmission of a lost job, adoption by a restarted service, one poisoned job among
+healthy ones, and the record completed from the storage when the reports were lost."""
 
 from __future__ import annotations
 
+import json
+
+from sqlalchemy import update
+
 from services.dispatcher import DispatchError, RayJobState, job_spec
 from services.reconciler import SUBMIT_REFUSALS, Reconciler
+from services.settings import Settings
 from services.store.db import make_engine
-from services.store.store import Store
+from services.store.store import LOG_CAP_CHARS, Store
+from services.store.tables import Job
 
 RESOURCES = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1.0, "gpus_per_worker": 1.0}
 CONFIG = {"dataset": {"name": "digits"}, "max_steps": 2}
+SETTINGS = Settings(storage_path="/shared/runs", data_roots=["/shared/data"])
 
 
 class ScriptedRay:
@@ -35,7 +43,7 @@ class ScriptedRay:
         if self.refuse:
             raise DispatchError("HTTP 400: runtime_env is invalid")
         self.jobs.setdefault(submission_id, "pending")  # a duplicate id counts as submitted
-        self.specs[submission_id] = job_spec(job, "/shared/runs")
+        self.specs[submission_id] = job_spec(job, SETTINGS)
 
     def state(self, submission_id):
         self._check()
@@ -73,13 +81,14 @@ def test_dispatch_follow_and_store_logs_until_success(store):
     assert ray.specs[sid].job_id == job.id and ray.specs[sid].resources.num_workers == 2
     ray.jobs[sid], ray.logs_of[sid] = "running", "step 1 loss 6.1\n"
     reconciler.run_once()
-    running = store.get_job(job.id)
-    assert running.status == "running" and running.attempts[0].log == "step 1 loss 6.1\n"
+    assert store.get_job(job.id).status == "running"
+    assert store.read_log(job.id, 1, 0, 1000)[1:] == (0, "step 1 loss 6.1\n")
     ray.jobs[sid], ray.logs_of[sid] = "succeeded", "step 1 loss 6.1\ndone\n"
     reconciler.run_once()
     done = store.get_job(job.id)
-    assert done.status == "succeeded" and done.attempts[0].log.endswith("done\n")
-    assert done.attempts[0].finished_at is not None
+    assert done.status == "succeeded" and done.attempts[0].finished_at is not None
+    assert store.read_log(job.id, 1, 0, 1000)[1:] == (0, "step 1 loss 6.1\ndone\n")
+    assert store.read_log(job.id, 1, 16, 1000)[1:] == (16, "done\n")
 
 
 def test_unreachable_ray_keeps_the_job_queued_and_submission_is_retried(store):
@@ -158,3 +167,106 @@ def test_a_restarted_service_adopts_running_jobs_and_dispatches_queued_ones(data
     assert len(restarted.get_job(running.id).attempts) == 1  # adopted, not resubmitted
     assert restarted.get_job(queued.id).attempts[0].state == "pending"
     assert ray.submits == 2
+
+
+def test_logs_are_appended_not_rewritten_and_capped_at_the_newest_characters(store):
+    ray = ScriptedRay()
+    reconciler = Reconciler(store, ray)
+    job = create(store)
+    sid = f"{job.id}-a1"
+    reconciler.run_once()
+    ray.jobs[sid] = "running"
+    line = "x" * 1023 + "\n"
+    for passes in range(1, 6):
+        ray.logs_of[sid] = line * (passes * LOG_CAP_CHARS // 2048)
+        reconciler.run_once()
+    size = len(ray.logs_of[sid])
+    attempt, start, text = store.read_log(job.id, None, 0, 2 * LOG_CAP_CHARS)
+    assert attempt.log_size == size
+    # the newest characters, at least the cap's worth and at most one chunk more
+    assert size - start == len(text) and LOG_CAP_CHARS <= len(text) < LOG_CAP_CHARS + size // 5
+    assert text == ray.logs_of[sid][start:]
+
+
+def test_one_poisoned_job_does_not_stop_the_others(store):
+    """A queued job whose stored config no longer validates (an older release wrote it) fails
+    with the reason; a job whose row makes following raise is retried later; the healthy jobs
+    around them are submitted and followed in the same passes."""
+    ray = ScriptedRay()
+    reconciler = Reconciler(store, ray)
+    before = create(store)
+    poisoned = create(store)
+    after = create(store)
+    with store._sessions.begin() as session:
+        session.execute(
+            update(Job).where(Job.id == poisoned.id).values(config={**CONFIG, "retired": 1})
+        )
+    reconciler.run_once()
+    failed = store.get_job(poisoned.id)
+    assert failed.status == "failed" and "no longer validates" in failed.error
+    assert "retired" in failed.error
+    for job in (before, after):
+        assert store.get_job(job.id).attempts[0].state == "pending"
+
+    original_state = ray.state
+
+    def state(submission_id):
+        if submission_id.startswith(before.id):
+            raise KeyError("a bug that only this job triggers")
+        return original_state(submission_id)
+
+    ray.state = state
+    ray.jobs[f"{before.id}-a1"] = ray.jobs[f"{after.id}-a1"] = "running"
+    reconciler.run_once()
+    assert store.get_job(after.id).status == "running"
+    assert store.get_job(before.id).status == "queued"  # untouched, tried again next pass
+
+
+def test_an_ended_attempt_completes_the_record_from_the_storage(store, tmp_path):
+    """The service heard nothing of the run (every report lost): when the attempt ends, the
+    metrics in metrics.jsonl and the checkpoints on the storage are recorded before the job
+    succeeds, so 'latest' names the final checkpoint. A torn last line is skipped."""
+    ray = ScriptedRay()
+    reconciler = Reconciler(store, ray, run_dir=lambda job_id: f"{tmp_path}/{job_id}")
+    job = create(store)
+    sid = f"{job.id}-a1"
+    reconciler.run_once()
+    run = tmp_path / job.id
+    rows = [{"step": s, "epoch": s // 4, "time": 1.0, "loss": 6.0 - s / 10, "lr": 0.1}
+            for s in range(2, 10, 2)] + [{"step": 10, "epoch": 2, "loss": float("nan")}]  # fmt: skip
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 12, "lo'
+    )
+    for step in (4, 8):
+        (run / f"step-{step:08d}").mkdir()
+        (run / f"step-{step:08d}" / "state.pt").write_bytes(b"weights")
+    (run / "step-00000006").mkdir()  # no state.pt: an unfinished checkpoint
+    ray.jobs[sid] = "succeeded"
+    reconciler.run_once()
+    assert store.get_job(job.id).status == "succeeded"
+    points = store.list_metrics(job.id)
+    assert len(points) == 2 * 4 + 1 and {p.step for p in points} == {2, 4, 6, 8, 10}
+    assert [p.value for p in points if p.step == 10] == [None]  # NaN, stored as NULL
+    assert [c.name for c in store.list_checkpoints(job.id)] == ["step-00000004", "step-00000008"]
+    latest = store.checkpoint(job.id, "latest")
+    assert latest.name == "step-00000008" and latest.path == f"{run}/step-00000008"
+    assert latest.metrics["loss"] == 6.0 - 0.8 and latest.epoch == 2
+
+
+def test_only_checkpoints_ray_train_registered_are_recovered(store, tmp_path):
+    """An upload cut short (a full disk, a kill) leaves a directory with a torn state.pt that Ray
+    Train never registered: it is not recorded, so 'latest' never names it."""
+    ray = ScriptedRay()
+    reconciler = Reconciler(store, ray, run_dir=lambda job_id: f"{tmp_path}/{job_id}")
+    job = create(store)
+    reconciler.run_once()
+    run = tmp_path / job.id
+    for step in (2, 4):
+        (run / f"step-{step:08d}").mkdir(parents=True)
+        (run / f"step-{step:08d}" / "state.pt").write_bytes(b"torn" if step == 4 else b"whole")
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "step-00000002", "metrics": {}}]}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    ray.jobs[f"{job.id}-a1"] = "failed"
+    reconciler.run_once()
+    assert [c.name for c in store.list_checkpoints(job.id)] == ["step-00000002"]

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
@@ -16,9 +17,13 @@ from services.app import create_app
 from services.client import Client
 from services.dispatcher import RayDispatcher, unplaceable_reason
 from services.ray_head import free_port
-from services.service import internal_token
+from services.reconciler import Reconciler
 from services.settings import Settings
+from services.store.db import make_engine, migrate
+from services.store.store import Store
 from tests.distributed import HEAD_CPUS
+from trainer.checkpoint import load_checkpoint
+from trainer.ray_auth import ray_auth_headers
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +42,10 @@ DIGITS = {
 class ServiceThread:
     """The API under uvicorn in a thread, on a real port the Ray workers can call back."""
 
-    def __init__(self, settings: Settings):
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
-                                log_level="warning", lifespan="on")  # fmt: skip
+    def __init__(self, settings: Settings, dispatcher=None, reconcile: bool = True):
+        app = create_app(settings, dispatcher, reconcile)
+        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                lifespan="on")  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -61,7 +67,8 @@ class ServiceThread:
 def service_settings(ray_head, tmp_path, database_url: str) -> Settings:
     return Settings(
         port=free_port(), ray_address=ray_head.dashboard_url, database_url=database_url,
-        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path)], reconcile_interval_s=0.5,
+        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path / "data")],
+        reconcile_interval_s=0.5,
     )  # fmt: skip
 
 
@@ -140,6 +147,15 @@ def test_cancel_stops_the_ray_job_and_its_worker_processes_exit(settings):
         )
         assert cancelled["attempts"][-1]["state"] == "stopped"
         wait_for(lambda: not any(alive(pid) for pid in pids), 60, "the workers to exit")
+        # stopped through Train's graceful abort (SIGINT), not killed mid-write: the driver says
+        # so in its log, and every checkpoint on the storage loads
+        log = client.logs(job["id"])["text"]
+        assert "Received SIGINT. Gracefully aborting the training run" in log, log[-3000:]
+        assert "RUNNING -> ABORTED" in log
+        checkpoints = sorted(Path(settings.run_dir(job["id"])).glob("step-*/state.pt"))
+        assert checkpoints, "the job wrote no checkpoint before it was cancelled"
+        for path in checkpoints:
+            assert set(load_checkpoint(path)) >= {"backbone", "config"}
 
 
 def test_ray_answers_the_dispatcher_relies_on(settings):
@@ -153,10 +169,40 @@ def test_ray_answers_the_dispatcher_relies_on(settings):
     assert f"at most {HEAD_CPUS} workers" in unplaceable_reason(many, nodes)
 
 
+def test_a_crash_before_or_during_submission_leaves_exactly_one_ray_job(settings):
+    """The service dies after writing a job but before submitting it (the attempt stays ``new``),
+    and another dies after Ray took the submission but before recording it: each restarted
+    reconciler submits again under the same ``submission_id``, and Ray runs one job for each."""
+    settings = settings.model_copy(update={"internal_token": "crash-test-secret"})
+    store = Store(make_engine(settings.database_url))
+    migrate(store.engine)
+    dispatcher = RayDispatcher(settings.ray_address, settings)
+    written, _ = store.create_job(kind="simclr", name=None, config={**DIGITS, "epochs": 100},
+                                  resources={"num_workers": 1}, max_attempts=3)  # fmt: skip
+    taken, _ = store.create_job(kind="simclr", name=None, config={**DIGITS, "epochs": 100},
+                                resources={"num_workers": 1}, max_attempts=3)  # fmt: skip
+    dispatcher.submit(store.get_job(taken.id), f"{taken.id}-a1")  # Ray has it; the record not
+    assert store.attempt(f"{taken.id}-a1").state == "new"
+    Reconciler(store, dispatcher).run_once()  # the restarted service
+    try:
+        for job in (written, taken):
+            assert store.attempt(f"{job.id}-a1").state != "new"
+            listed = httpx.get(f"{settings.ray_address}/api/jobs/", headers=ray_auth_headers())
+            ours = [
+                j["submission_id"] for j in listed.json() if j["submission_id"].startswith(job.id)
+            ]
+            assert ours == [f"{job.id}-a1"]
+    finally:
+        for job in (written, taken):
+            dispatcher.stop(f"{job.id}-a1")
+        store.engine.dispose()
+
+
 def test_readiness_reports_an_unreachable_cluster_and_jobs_wait_queued(tmp_path):
     settings = Settings(
         ray_address=f"http://127.0.0.1:{free_port()}", database_url=f"sqlite:///{tmp_path / 'db'}",
-        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path)], reconcile_interval_s=0.2,
+        storage_path=str(tmp_path / "runs"), data_roots=[str(tmp_path / "data")],
+        reconcile_interval_s=0.2,
     )  # fmt: skip
     from fastapi.testclient import TestClient
 
@@ -178,15 +224,14 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         job = client.submit("simclr", {**DIGITS, "max_steps": 2}, {"num_workers": 1}, "to score")
         assert client.wait(job["id"])["status"] == "succeeded"
         evaluation = client.evaluate(job["id"], config={"epochs": 30}, resources={"num_workers": 2})
-        corrupt_dir = tmp_path / "corrupt"
+        # a checkpoint torn on the storage (the job has ended: its workers can report no more)
+        corrupt_dir = Path(settings.run_dir(job["id"]), "step-99999999")
         corrupt_dir.mkdir()
         (corrupt_dir / "state.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
-        reported = client.http.post(
-            f"/internal/v1/jobs/{job['id']}/checkpoints",
-            json={"name": "step-99999999", "step": 99999999, "epoch": 9, "path": str(corrupt_dir)},
-            headers={"Authorization": f"Bearer {internal_token(settings)}"},
-        )
-        assert reported.status_code == 201
+        Store(make_engine(settings.database_url)).add_checkpoint(
+            job["id"], name=corrupt_dir.name, step=99999999, epoch=9, path=str(corrupt_dir),
+            metrics={},
+        )  # fmt: skip
         broken = client.evaluate(job["id"], "step-99999999", config={"epochs": 5})
 
         done = client.evaluation(client.wait(evaluation["id"])["id"])

@@ -3,13 +3,23 @@
 A checkpoint is one ``torch.save`` file written to a temporary name in the target directory, flushed
 to disk, then renamed over the final name: a crash leaves either the previous checkpoint or the new
 one, never half of one. Files are named ``step-<8 digits>.pt`` so that the newest sorts last.
+
+Every checkpoint (and every other state file a worker reads back, such as the feature cache of
+``trainer.evaluate``) is read by ``load_state``: ``torch.load(..., weights_only=True)``, which builds
+only tensors, containers and plain Python values plus the few types in ``SAFE_GLOBALS``. A file that
+names any other class or function (a pickle that would run code when loaded) is refused with a
+``CheckpointError`` before anything in it runs: whoever can write to the storage must not be able to
+run code in a worker.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +29,40 @@ import torch
 CHECKPOINT_GLOB = "step-*.pt"
 # The state file inside a Ray Train checkpoint directory (``trainer.ray_session`` writes it).
 RAY_CHECKPOINT_FILE = "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A state file that is unreadable, not a checkpoint, or holds objects a checkpoint may not hold."""
+
+
+def _numpy_reconstruct():
+    try:  # NumPy 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.26
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# Everything beyond tensors, containers and plain values that a checkpoint may hold: the one place to
+# extend. Only NumPy's legacy RNG state needs any: ``np.random.get_state()`` (a uint32 ndarray), as
+# checkpoints written before ``rng_state`` stored it as plain ints hold it (under either module path
+# of ``_reconstruct``: NumPy 1 pickles name ``numpy.core``, NumPy 2 ``numpy._core``). Only the uint32
+# dtype can be built, so no array of Python objects loads.
+SAFE_GLOBALS: list[Any] = [
+    (_numpy_reconstruct(), "numpy._core.multiarray._reconstruct"),
+    (_numpy_reconstruct(), "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+# What torch's weights-only unpickler names when it refuses a type (names only: letters, digits, dots).
+_REFUSED = (
+    re.compile(r"GLOBAL ([\w.]{1,200})"),
+    re.compile(r"Can only build .* but got <class '([\w.]{1,200})'>"),
+)
+# ``safe_globals`` changes a process-wide set while it is entered: one load at a time.
+_LOAD_LOCK = threading.Lock()
 
 
 def checkpoint_name(step: int) -> str:
@@ -64,22 +108,41 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; a missing or unreadable file is an error naming the path."""
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What a state file written by ``torch.save`` holds, read with ``weights_only=True`` and
+    ``SAFE_GLOBALS``. A missing file raises ``FileNotFoundError``; an unreadable one, or one that
+    holds any other type (nothing in it is run), a ``CheckpointError`` naming the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {error}") from error
+        with _LOAD_LOCK, torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # the weights-only unpickler refused something
+        names = [m.group(1) for pattern in _REFUSED if (m := pattern.search(str(error)))]
+        what = (
+            f"holds an object of a type a checkpoint may not hold ({names[0][:120]})"
+            if names
+            else "is corrupt or holds something a checkpoint may not hold"
+        )
+        raise CheckpointError(f"checkpoint {path} {what}: refused, nothing in it was run") from None
+    except Exception as error:  # torch raises many types for a truncated or foreign file
+        reason = str(error).splitlines()[0][:200] if str(error) else ""
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a checkpoint: {type(error).__name__}: {reason}"
+        ) from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint (``load_state``); a missing or unreadable file is an error naming the path."""
+    return load_state(path, map_location)
 
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and (when present) CUDA generator states of this process."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_rng_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -93,9 +156,26 @@ def forked_rng(device: torch.device):
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global generator state as plain values (``weights_only`` loads them as they are)."""
+    name, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"bit_generator": str(name), "key": key.tolist(), "pos": int(position),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+
+
+def _set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
+    """Restore ``_numpy_rng_state``, or the ``np.random.get_state()`` tuple of older checkpoints."""
+    if isinstance(state, dict):
+        key = np.asarray(state["key"], dtype=np.uint32)
+        state = (state["bit_generator"], key, state["pos"], state["has_gauss"], state["gauss"])
+    np.random.set_state(state)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state`` (the generator states are CPU tensors, wherever the checkpoint was
+    mapped)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    _set_numpy_rng_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -11,7 +11,7 @@ variant (App. B.9) and the small presets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,8 +32,28 @@ DEFAULT_IMAGE_SIZE: dict[str, int] = {
 }
 
 
+# Bounds every config shares: generous, but finite (a security audit: an absurd number must be a
+# 422 naming the field, not a run that fails, or exhausts a node, once it starts).
+MAX_SEED = 2**32 - 1  # numpy seeds must be below 2**32
+MAX_STEPS = 10**9
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20  # global batch (the paper goes to 32768)
+MAX_IMAGE_SIZE = 1024
+MAX_DIM = 65_536  # a hidden, output or latent dimension
+MAX_WIDTH = 4096  # a network's channels
+MAX_LR = 100.0
+MAX_CHECKPOINTS = 1000
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+EverySteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+KeepCheckpoints = Annotated[int, Field(ge=1, le=MAX_CHECKPOINTS)]
+LearningRate = Annotated[float, Field(gt=0, le=MAX_LR)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields and non-finite numbers (NaN, Infinity) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DatasetConfig(StrictModel):
@@ -42,24 +62,27 @@ class DatasetConfig(StrictModel):
     name: DatasetName = "imagenet"
     root: str | None = None
     image_size: int | None = Field(
-        default=None, ge=4, description="side of the views; per-dataset default"
+        default=None, ge=4, le=MAX_IMAGE_SIZE, description="side of the views; per-dataset default"
     )
     max_side: int = Field(
         default=384,
         ge=8,
+        le=8192,
         description="image-folder images are decoded with their longer side at most this",
     )
     on_error: Literal["raise", "skip"] = Field(
         default="skip", description="an unreadable image: fail, or skip it and count it"
     )
-    loader_workers: int = Field(default=4, ge=0, description="decoding processes for image folders")
+    loader_workers: int = Field(
+        default=4, ge=0, le=256, description="decoding processes for image folders"
+    )
     class_list: str | None = Field(
         default=None,
         description="imagenet/imagefolder: a file of class folder names, one per line (ImageNet-100 "
         "or any subset); labels follow the file's order",
     )
-    synthetic_images: int = Field(default=2048, ge=1)
-    synthetic_classes: int = Field(default=10, ge=2)
+    synthetic_images: int = Field(default=2048, ge=1, le=10**7)
+    synthetic_classes: int = Field(default=10, ge=2, le=100_000)
     loader: Literal["torch", "ray_data", "synthetic"] = Field(
         default="torch",
         description="torch: a DataLoader on the worker (one machine, the tests); ray_data: stream "
@@ -67,8 +90,9 @@ class DatasetConfig(StrictModel):
         "tasks on any node; synthetic: random images made on the device, no reading or decoding "
         "(the trainer's own ceiling)",
     )
-    decode_resources: dict[str, float] = Field(
+    decode_resources: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(
         default_factory=dict,
+        max_length=64,
         description="ray_data: custom Ray resources each decode task needs, e.g. {'decode': 1} to "
         "keep decoding on nodes started with --resources '{\"decode\": N}' (docs/input_pipeline.md)",
     )
@@ -106,13 +130,13 @@ class DatasetConfig(StrictModel):
 class BackboneConfig(StrictModel):
     name: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] = "resnet50"
     cifar_stem: bool = False
-    width: int = Field(default=64, ge=8, description="base width of the small CNN")
+    width: int = Field(default=64, ge=8, le=MAX_WIDTH, description="base width of the small CNN")
 
 
 class HeadConfig(StrictModel):
-    hidden_dim: int = Field(default=2048, ge=1)
-    out_dim: int = Field(default=128, ge=1)
-    num_layers: int = Field(default=2, ge=1, description="2 in SimCLR v1, 3 in v2")
+    hidden_dim: int = Field(default=2048, ge=1, le=MAX_DIM)
+    out_dim: int = Field(default=128, ge=1, le=MAX_DIM)
+    num_layers: int = Field(default=2, ge=1, le=8, description="2 in SimCLR v1, 3 in v2")
 
 
 class OptimizerConfig(StrictModel):
@@ -124,12 +148,15 @@ class OptimizerConfig(StrictModel):
         "small CNN 3.1 points better on CIFAR-10 at batch 256 (docs/benchmarks.md)",
     )
     base_lr: float | None = Field(
-        default=None, gt=0, description="default: the paper's 0.075 for sqrt, 0.3 for linear"
+        default=None,
+        gt=0,
+        le=MAX_LR,
+        description="default: the paper's 0.075 for sqrt, 0.3 for linear",
     )
-    weight_decay: float = Field(default=1e-6, ge=0)
+    weight_decay: float = Field(default=1e-6, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    eta: float = Field(default=1e-3, gt=0, description="LARS trust coefficient")
-    warmup_epochs: float = Field(default=10, ge=0)
+    eta: float = Field(default=1e-3, gt=0, le=1, description="LARS trust coefficient")
+    warmup_epochs: float = Field(default=10, ge=0, le=MAX_EPOCHS)
 
     @property
     def resolved_base_lr(self) -> float:
@@ -139,7 +166,7 @@ class OptimizerConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    strength: float = Field(default=1.0, ge=0, description="colour-jitter strength s")
+    strength: float = Field(default=1.0, ge=0, le=10, description="colour-jitter strength s")
     blur: bool = True
     compile: bool = Field(default=False, description="fuse the colour kernels with torch.compile")
 
@@ -150,17 +177,21 @@ class SimCLRConfig(StrictModel):
     head: HeadConfig = Field(default_factory=HeadConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    batch_size: int = Field(default=4096, ge=2, description="GLOBAL batch of images (2x views)")
-    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(
+        default=4096, ge=2, le=MAX_BATCH, description="GLOBAL batch of images (2x views)"
+    )
+    epochs: int = Field(default=100, ge=1, le=MAX_EPOCHS)
     max_steps: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_STEPS,
         description="stop after this many steps (smoke runs); the schedule still spans all epochs",
     )
-    temperature: float = Field(default=0.1, gt=0)
+    temperature: float = Field(default=0.1, gt=0, le=100)
     chunk_size: int | None = Field(
         default=None,
         ge=1,
+        le=1 << 20,
         description="gradient cache: embed at most this many views at a time; exact NT-Xent over the whole batch",
     )
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -170,12 +201,15 @@ class SimCLRConfig(StrictModel):
         "x86 CPUs it made the small CNN's step 1.36x faster (docs/benchmarks.md)",
     )
     compile_model: bool = False
-    seed: int = 0
-    log_every_steps: int = Field(default=10, ge=1)
-    checkpoint_every_steps: int | None = Field(
-        default=None, ge=1, description="besides every epoch end"
+    seed: Seed = 0
+    log_every_steps: EverySteps = 10
+    checkpoint_every_steps: EverySteps | None = Field(
+        default=None, description="besides every epoch end"
     )
-    keep_checkpoints: int = Field(default=2, ge=1)
+    keep_checkpoints: KeepCheckpoints = 2
+
+
+CropFraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class LinearProbeSettings(StrictModel):
@@ -187,20 +221,21 @@ class LinearProbeSettings(StrictModel):
         "augmented: the paper's protocol, random-resized-crop + flip through the frozen encoder every "
         "epoch. Default: augmented for imagenet, fast for the rest",
     )
-    epochs: int = Field(default=90, ge=1)
+    epochs: int = Field(default=90, ge=1, le=MAX_EPOCHS)
     batch_size: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_BATCH,
         description="global batch; lr = base_lr x B / 256. Default: the paper's 4096 on imagenet, "
         "256 on the smaller sets (an epoch of a few thousand images would be one step)",
     )
-    base_lr: float = Field(default=0.1, gt=0)
-    crop_scale: tuple[float, float] = Field(
+    base_lr: LearningRate = 0.1
+    crop_scale: tuple[CropFraction, CropFraction] = Field(
         default=(0.08, 1.0),
         description="augmented mode: area range of the random-resized crop (the paper's 0.08-1)",
     )
     flip: bool = Field(default=True, description="augmented mode: random horizontal flip")
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _crop_scale_range(self) -> LinearProbeSettings:

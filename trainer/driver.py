@@ -42,7 +42,12 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
     session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    source = None
+    source = dataset = None
+    if spec.config.dataset.loader == "torch":
+        from trainer.data.datasets import build_dataset
+
+        # listed here, every folder and image resolved and checked against the job's data roots
+        dataset = build_dataset(spec.config.dataset, "train", spec.data_roots)
     if spec.config.dataset.loader == "ray_data":
         import ray.train
 
@@ -58,7 +63,7 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.get_dataset_shard("train"), stream["images"], spec.config.batch_size,
             session.world_size, stream["start_step"], index_log,
         )  # fmt: skip
-    run_simclr(spec.config, session, progress=False, source=source)
+    run_simclr(spec.config, session, progress=False, source=source, dataset=dataset)
 
 
 def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
@@ -76,13 +81,14 @@ def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     result = run_linear_probe(
         spec.config, loop_config["storage"], context.get_world_rank(), context.get_world_size(),
-        ray.train.torch.get_device(), prepare=ray.train.torch.prepare_model,
+        ray.train.torch.get_device(), prepare=ray.train.torch.prepare_model, roots=spec.data_roots,
     )  # fmt: skip
     if result is not None:
         log.info("linear probe of %s: %s", spec.config.checkpoint, asdict(result))
         reporter = ControlPlaneReporter.from_env(spec.job_id)
         if reporter is not None:
             reporter.result(asdict(result))
+            reporter.close()  # the result is the job's point: retry it until the flush deadline
 
 
 def generative_worker_loop(loop_config: dict[str, Any]) -> None:
@@ -93,7 +99,7 @@ def generative_worker_loop(loop_config: dict[str, Any]) -> None:
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
     session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    run_generative(spec.kind, spec.config, session, progress=False)
+    run_generative(spec.kind, spec.config, session, progress=False, roots=spec.data_roots)
 
 
 WORKER_LOOPS = {
@@ -155,13 +161,14 @@ def ray_data_stream(spec: JobSpec, run_dir: str) -> tuple[dict[str, Any], dict[s
     from trainer.data.ray_data import data_config, read_shards, training_stream
 
     config = spec.config
-    _, images = read_shards(config.dataset)
+    _, images = read_shards(config.dataset, roots=spec.data_roots)
     per_epoch = steps_per_epoch(images, config.batch_size)
     # a finished run relaunched still gets its last epoch: the loop then has nothing left to do
     start_epoch = min(latest_step(run_dir) // per_epoch, config.epochs - 1)
     stream = training_stream(
-        config.dataset, config.batch_size, config.seed, start_epoch, config.epochs
-    )
+        config.dataset, config.batch_size, config.seed, start_epoch, config.epochs,
+        roots=spec.data_roots,
+    )  # fmt: skip
     log.info(
         "job %s: streaming %d packed images per epoch from epoch %d",
         spec.job_id,

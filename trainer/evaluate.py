@@ -26,6 +26,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from trainer.checkpoint import RAY_CHECKPOINT_FILE, save_atomic
+from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_state, save_atomic
 from trainer.config import DatasetConfig, LinearProbeConfig, SimCLRConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.data.datasets import InMemoryImages, build_dataset
@@ -63,12 +64,10 @@ def load_encoder(
     file = path / RAY_CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} not found (looked for {file})")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
+    try:  # weights only (``trainer.checkpoint.load_state``): a file that would run code is refused
+        state = load_state(file, map_location="cpu")
     except Exception as error:  # torch raises many types for a truncated or foreign file
-        raise CheckpointError(
-            f"checkpoint {file} is unreadable (corrupt or truncated?): {type(error).__name__}: {error}"
-        ) from None
+        raise CheckpointError(f"unreadable checkpoint: {error}") from None
     if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
         keys = ", ".join(list(state)[:8]) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -153,10 +152,11 @@ def _barrier() -> None:
 
 def cached_features(
     encoder: nn.Module, config: LinearProbeConfig, storage: str | Path, rank: int, world: int,
-    device: torch.device,
+    device: torch.device, roots: Sequence[str] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:  # fmt: skip
     """Train and test ``(features, labels)`` from the cache, extracting them first (sharded over
-    the ranks) when absent; rank 0 gets them, the other ranks None. All ranks must call this."""
+    the ranks) when absent; rank 0 gets them, the other ranks None. All ranks must call this.
+    ``roots``: the data roots the images must lie under (None: unconfined)."""
     directory = feature_cache_dir(storage, config)
     files = {split: directory / f"{split}.pt" for split in ("train", "test")}
     present = all(file.is_file() for file in files.values())
@@ -170,7 +170,7 @@ def cached_features(
         if is_distributed():
             dist.broadcast_object_list(token, src=0)
         for split, file in files.items():
-            dataset = build_dataset(config.dataset, split)
+            dataset = build_dataset(config.dataset, split, roots)
             features, labels, indices = extract_shard(
                 encoder, dataset, config.dataset, rank, world, device
             )
@@ -178,7 +178,7 @@ def cached_features(
             save_atomic({"features": features, "labels": labels, "indices": indices}, parts[rank])
             _barrier()
             if rank == 0:
-                shards = [torch.load(path) for path in parts]
+                shards = [load_state(path) for path in parts]
                 order = torch.cat([shard["indices"] for shard in shards]).argsort()
                 merged = {
                     key: torch.cat([shard[key] for shard in shards])[order]
@@ -193,7 +193,7 @@ def cached_features(
     _barrier()
     if rank != 0:
         return None
-    loaded = {split: torch.load(file) for split, file in files.items()}
+    loaded = {split: load_state(file) for split, file in files.items()}
     return {split: (value["features"], value["labels"]) for split, value in loaded.items()}
 
 
@@ -206,12 +206,13 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def augmented_probe(
     encoder: nn.Module, config: LinearProbeConfig, rank: int, world: int, device: torch.device,
-    prepare: Any = None,
+    prepare: Any = None, roots: Sequence[str] | None = None,
 ) -> ProbeResult:  # fmt: skip
     """The paper's protocol; ``prepare`` wraps the classifier for data parallelism (Ray Train's
-    ``prepare_model``), identity by default. The result is the same on every rank."""
+    ``prepare_model``), identity by default. The result is the same on every rank. ``roots``: the
+    data roots the images must lie under (None: unconfined)."""
     data = config.dataset
-    train, test = build_dataset(data, "train"), build_dataset(data, "test")
+    train, test = build_dataset(data, "train", roots), build_dataset(data, "test", roots)
     batch = min(config.resolved_batch_size, len(train)) // world * world
     feature_dim = encoder.feature_dim
     num_classes = int(train.labels.max()) + 1
@@ -265,9 +266,11 @@ def augmented_probe(
 
 def run_linear_probe(
     config: LinearProbeConfig, storage: str | Path, rank: int = 0, world: int = 1,
-    device: torch.device | str = "cpu", prepare: Any = None,
+    device: torch.device | str = "cpu", prepare: Any = None, roots: Sequence[str] | None = None,
 ) -> ProbeResult | None:  # fmt: skip
-    """Evaluate ``config.checkpoint_path``; the result on rank 0, None on the other ranks."""
+    """Evaluate ``config.checkpoint_path``; the result on rank 0, None on the other ranks.
+    ``roots``: the data roots (the job spec's ``data_roots``) every image read must lie under
+    (None: unconfined)."""
     device = torch.device(device)
     start = time.perf_counter()
     encoder, pretraining = load_encoder(config.checkpoint_path, device)
@@ -277,9 +280,9 @@ def run_linear_probe(
                  config.source_job_id, config.checkpoint, pretraining.backbone.name,
                  config.dataset.name, world)  # fmt: skip
     if mode == "augmented":
-        result = augmented_probe(encoder, config, rank, world, device, prepare)
+        result = augmented_probe(encoder, config, rank, world, device, prepare, roots)
     else:
-        features = cached_features(encoder, config, storage, rank, world, device)
+        features = cached_features(encoder, config, storage, rank, world, device, roots)
         if features is None:
             return None
         (train_x, train_y), (test_x, test_y) = features["train"], features["test"]

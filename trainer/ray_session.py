@@ -12,6 +12,7 @@ that come with a checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from torch import nn
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
 from trainer.control_plane import ControlPlaneReporter
 from trainer.global_bn import convert_to_global_batch_norm
+
+log = logging.getLogger(__name__)
 
 _GAUGES = {
     "loss": "training loss of the global batch (NT-Xent for SimCLR)",
@@ -102,3 +105,14 @@ class RaySession:
         elif "://" not in self.run_dir:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.run_dir) / name).write_bytes(data)
+
+    def close(self) -> None:
+        """Rank 0 flushes its reports to the service (for up to ``$SIMCLR_REPORT_FLUSH_S``,
+        default 60 s; what is left is logged, and the service backfills metrics and checkpoints
+        from the storage). Never raises; the session stays usable."""
+        if self.reporter is None:
+            return
+        try:
+            self.reporter.flush()
+        except Exception:  # flush does not raise; a failure here must not hide the run's own
+            log.exception("flushing the reports to the control plane failed")

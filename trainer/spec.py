@@ -41,10 +41,10 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class Resources(StrictModel):
     """The Ray Train worker group: ``num_workers`` ranks, each with these resources."""
 
-    num_workers: int = Field(default=1, ge=1)
+    num_workers: int = Field(default=1, ge=1, le=4096)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    gpus_per_worker: float = Field(default=1.0, ge=0, description="used only when use_gpu")
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=1024)
+    gpus_per_worker: float = Field(default=1.0, ge=0, le=64, description="used only when use_gpu")
 
 
 class JobSpec(StrictModel):
@@ -57,6 +57,12 @@ class JobSpec(StrictModel):
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")
+    data_roots: list[str] | None = Field(
+        default=None,
+        description="the resolved directories the job may read data from: every dataset folder, "
+        "class list, shard and image file must resolve under one of them (the service's "
+        "SIMCLR_DATA_ROOTS); None: unconfined, for runs started by hand",
+    )
 
     @model_validator(mode="before")
     @classmethod

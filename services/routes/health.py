@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -10,6 +12,7 @@ from services.dispatcher import DispatchError
 from services.problems import problem
 from services.routes.deps import ServiceDep
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -26,13 +29,15 @@ def readyz(service: ServiceDep):
     try:
         service.store.ping()
         checks["database"] = "ok"
-    except Exception as error:
-        checks["database"] = f"unreachable: {type(error).__name__}: {error}"
+    except Exception:  # the reason goes to the log, never to a client
+        log.warning("readiness: the database does not answer", exc_info=True)
+        checks["database"] = "unreachable"
     try:
         service.dispatcher.ping()
         checks["ray"] = "ok"
     except DispatchError as error:
-        checks["ray"] = f"unreachable: {error}"
+        log.warning("readiness: the Ray dashboard does not answer: %s", error)
+        checks["ray"] = "unreachable"
     if all(value == "ok" for value in checks.values()):
         return {"status": "ready", "checks": checks}
     failing = ", ".join(f"{name} {value}" for name, value in checks.items() if value != "ok")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Response
 from pydantic import BaseModel
 
 from services.auth import require_api_token
+from services.data_roots import confine_config
 from services.dispatcher import DispatchError, unplaceable_reason
-from services.kinds import ConfigError, dataset_roots, validate_config
+from services.kinds import ConfigError, validate_config
 from services.routes.deps import ServiceDep
+from services.routes.internal import ARTIFACT_TYPES, media_type
 from services.schemas import (
     ArtifactOut,
     AttemptOut,
@@ -27,11 +28,16 @@ from services.schemas import (
     MetricOut,
 )
 from services.service import Service
+from services.store.store import NotFound
 from services.store.tables import Job
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 
 PROBLEM = {"content": {"application/problem+json": {}}}
+# Bounds of integer query parameters: the database's INTEGER and BIGINT.
+MAX_INT = 2**31 - 1
+MAX_BIGINT = 2**63 - 1
+LOG_PAGE_CHARS = 1 << 20
 FINISHED_ATTEMPT_STATES = ("succeeded", "failed", "stopped", "lost")
 
 
@@ -46,19 +52,6 @@ def job_out(job: Job, service: Service) -> JobOut:
             for attempt in out.attempts
         ]
     return out
-
-
-def check_data_roots(config: BaseModel, allowed: list[str], loc: tuple[str, ...]) -> None:
-    """Every dataset path (root, class list) must resolve under one of ``allowed``
-    (``SIMCLR_DATA_ROOTS``); ``loc`` is where ``config`` sits in the request body."""
-    roots = [Path(root).resolve() for root in allowed]
-    for field, path in dataset_roots(config, loc):
-        if not any(Path(path).resolve().is_relative_to(root) for root in roots):
-            raise ConfigError(
-                [{"loc": ("body", *field.split(".")), "type": "data_root",
-                  "msg": f"{path!r} is not under the service's data roots "
-                         f"({', '.join(map(str, roots))}; SIMCLR_DATA_ROOTS)"}]
-            )  # fmt: skip
 
 
 def check_capacity(service: Service, resources: dict) -> None:
@@ -108,7 +101,7 @@ def record_and_submit(
 ) -> Job:  # fmt: skip
     """Check the data roots and the cluster's capacity, write the job (or find the one an earlier
     request with this ``Idempotency-Key`` created: 200), then submit it after the response (202)."""
-    check_data_roots(config, service.settings.data_roots, config_loc)
+    config = confine_config(config, service.settings.data_roots, config_loc)
     resources_json = resources.model_dump(mode="json")
     check_capacity(service, resources_json)
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
@@ -176,9 +169,13 @@ def retry_job(job_id: str, service: ServiceDep, background: BackgroundTasks) -> 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricOut], responses={404: PROBLEM})
 def job_metrics(
-    job_id: str, service: ServiceDep, name: str | None = None, after_step: int | None = None
+    job_id: str,
+    service: ServiceDep,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=MAX_INT)] = None,
 ) -> list[MetricOut]:
-    """The job's metric history (``step``, ``epoch``, ``name``, ``value``), by step."""
+    """The job's metric history (``step``, ``epoch``, ``name``, ``value``), by step. A value is a
+    number, or the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` when it is not finite."""
     return [
         MetricOut.model_validate(p) for p in service.store.list_metrics(job_id, name, after_step)
     ]
@@ -195,23 +192,27 @@ def job_checkpoints(job_id: str, service: ServiceDep) -> list[CheckpointOut]:
 def job_logs(
     job_id: str,
     service: ServiceDep,
-    attempt: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    attempt: Annotated[
+        int | None, Query(ge=1, le=MAX_INT, description="default: the latest")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LOG_PAGE_CHARS)] = LOG_PAGE_CHARS,
 ) -> LogsOut:
-    """The Ray job's log of one attempt, as stored by the service, from character ``offset``."""
-    job = service.store.get_job(job_id)
-    chosen = (
-        job.attempts[-1]
-        if attempt is None
-        else next((a for a in job.attempts if a.number == attempt), None)
-    )
-    if chosen is None:
-        raise ConfigError([{"loc": ("query", "attempt"), "type": "attempt",
-                            "msg": f"job {job_id} has attempts 1..{len(job.attempts)}"}])  # fmt: skip
-    text = chosen.log[offset:]
+    """The Ray job's log of one attempt, as stored by the service: at most ``limit`` characters
+    from character ``offset``. The service keeps the newest 4 Mi characters of each attempt's log;
+    ``offset`` in the answer is later than the one asked for when older text was dropped."""
+    try:
+        chosen, start, text = service.store.read_log(job_id, attempt, offset, limit)
+    except LookupError as error:
+        if isinstance(error, NotFound):
+            raise
+        raise ConfigError(
+            [{"loc": ("query", "attempt"), "type": "attempt", "msg": str(error)}]
+        ) from None
     return LogsOut(
-        job_id=job_id, attempt=chosen.number, offset=offset, next_offset=offset + len(text),
-        text=text, complete=chosen.state in FINISHED_ATTEMPT_STATES,
+        job_id=job_id, attempt=chosen.number, offset=start, next_offset=start + len(text),
+        text=text, complete=chosen.state in FINISHED_ATTEMPT_STATES and
+        start + len(text) >= chosen.log_size,
     )  # fmt: skip
 
 
@@ -237,5 +238,15 @@ def job_artifacts(job_id: str, service: ServiceDep) -> list[ArtifactOut]:
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response, responses={404: PROBLEM})
 def job_artifact(job_id: str, name: str, service: ServiceDep) -> Response:
+    """The artifact's bytes: pictures inline, text as a download; never sniffed, never run."""
     artifact = service.store.artifact(job_id, name)
-    return Response(artifact.data, media_type=artifact.content_type)
+    kind = media_type(artifact.content_type)
+    if kind not in ARTIFACT_TYPES:  # stored by an older release, before the allow-list
+        kind = "application/octet-stream"
+    disposition = "inline" if kind.startswith("image/") else "attachment"
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'{disposition}; filename="{name}"',
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    return Response(artifact.data, media_type=kind, headers=headers)

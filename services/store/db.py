@@ -42,9 +42,48 @@ def alembic_config() -> Config:
     return config
 
 
+class MigrationError(RuntimeError):
+    """A migration left rows that reference missing rows; it was rolled back."""
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the database's schema to ``revision`` (Alembic ``upgrade``)."""
+    """Bring the database's schema to ``revision`` (Alembic ``upgrade``), keeping every row.
+
+    On SQLite, Alembic's batch mode rebuilds a table (copy, DROP the original, rename the copy);
+    with foreign keys enforced, that DROP deletes every row referencing the table through
+    ``ON DELETE CASCADE``. So foreign keys are off while migrating (SQLite's documented procedure
+    for schema changes, https://sqlite.org/lang_altertable.html#otheralter), checked with
+    ``PRAGMA foreign_key_check`` before the commit, and on again after."""
+    _run(engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (Alembic ``downgrade``), as ``migrate`` does."""
+    _run(engine, lambda config: command.downgrade(config, revision))
+
+
+def _run(engine: Engine, alembic_command) -> None:
     config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # a no-op inside a transaction: set it before one begins
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                if sqlite:  # pysqlite starts no transaction before DDL: make it all one
+                    connection.exec_driver_sql("BEGIN")
+                config.attributes["connection"] = connection
+                alembic_command(config)
+                if sqlite:
+                    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if dangling:
+                        tables = sorted({row[0] for row in dangling})
+                        raise MigrationError(
+                            f"migration rolled back: {len(dangling)} row(s) of "
+                            f"{', '.join(tables)} would reference missing rows"
+                        )
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()

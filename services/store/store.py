@@ -4,22 +4,35 @@ routes, the dispatcher's callbacks and the reconciler all go through ``Store``."
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from services.store.tables import Artifact, Attempt, Checkpoint, Job, MetricPoint, utcnow
+from services.store.tables import (
+    Artifact,
+    Attempt,
+    AttemptLog,
+    Checkpoint,
+    Job,
+    MetricPoint,
+    utcnow,
+)
+from trainer.control_plane import json_safe
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Attempt states in which Ray may still be running the job.
 LIVE_ATTEMPT_STATES = ("submitted", "pending", "running")
+# The newest characters of an attempt's log that are kept (older chunks are dropped whole, so up
+# to one chunk more may stay): 4 Mi characters, a day of a chatty job's log at 50 bytes/s.
+LOG_CAP_CHARS = 4 << 20
 
 
 class NotFound(LookupError):
@@ -105,7 +118,7 @@ class Store:
                 source_job_id=source_job_id,
             )  # fmt: skip
             job.attempts.append(
-                Attempt(number=1, submission_id=submission_id(job_id, 1), state="new", log="")
+                Attempt(number=1, submission_id=submission_id(job_id, 1), state="new")
             )
             try:
                 with self._sessions.begin() as session:
@@ -209,7 +222,7 @@ class Store:
     def _add_attempt(job: Job) -> None:
         number = job.attempts[-1].number + 1 if job.attempts else 1
         job.attempts.append(
-            Attempt(number=number, submission_id=submission_id(job.id, number), state="new", log="")
+            Attempt(number=number, submission_id=submission_id(job.id, number), state="new")
         )
         job.status = "queued"
 
@@ -272,13 +285,15 @@ class Store:
         self, submission: str, state: str, message: str | None = None, log: str | None = None
     ) -> Job:
         """Record Ray's view of an attempt (``state`` in lower case, or ``lost``) and derive the
-        job's status from it. A lost attempt is followed by a new one while the job has attempts
-        left; a job being cancelled ends ``cancelled`` however its Ray job ended but success."""
+        job's status from it; ``log`` is the Ray job's whole log, of which the characters past
+        those already stored are appended. A lost attempt is followed by a new one while the job
+        has attempts left; a job being cancelled ends ``cancelled`` however its Ray job ended but
+        success."""
         with self._sessions.begin() as session:
             attempt = self._locked_attempt(session, submission)
             job = self._locked(session, attempt.job_id)
             if log is not None:
-                attempt.log = log
+                self._append_log(session, attempt, log[attempt.log_size :])
             if message is not None:
                 attempt.message = message
             if state != attempt.state:
@@ -313,6 +328,54 @@ class Store:
                     )
         return self.get_job(job.id)
 
+    @staticmethod
+    def _append_log(session: Session, attempt: Attempt, text: str) -> None:
+        """Append ``text`` to the attempt's log; drop the chunks that end before the newest
+        ``LOG_CAP_CHARS`` characters (a chunk longer than the cap keeps only its end)."""
+        if not text:
+            return
+        end = attempt.log_size + len(text)
+        kept = text[-LOG_CAP_CHARS:]
+        session.add(AttemptLog(attempt_id=attempt.id, start=end - len(kept), text=kept))
+        attempt.log_size = end
+        session.execute(
+            delete(AttemptLog).where(
+                AttemptLog.attempt_id == attempt.id,
+                AttemptLog.start + func.length(AttemptLog.text) <= end - LOG_CAP_CHARS,
+            )
+        )
+
+    def read_log(
+        self, job_id: str, number: int | None, offset: int, limit: int
+    ) -> tuple[Attempt, int, str]:
+        """Attempt ``number`` (default: the latest) of a job, and at most ``limit`` characters of
+        its log from ``offset`` as ``(start, text)``: ``start`` is later than ``offset`` when the
+        characters before it were dropped by the cap."""
+        with self._sessions() as session:
+            query = select(Attempt).where(Attempt.job_id == job_id)
+            query = (
+                query.order_by(Attempt.number.desc())
+                if number is None
+                else query.where(Attempt.number == number)
+            )
+            attempt = session.scalars(query.limit(1)).first()
+            if attempt is None:
+                self.get_job(job_id)  # NotFound for a job that does not exist
+                raise LookupError(f"job {job_id} has no attempt {number}")
+            end = AttemptLog.start + func.length(AttemptLog.text)
+            mine = AttemptLog.attempt_id == attempt.id
+            first = session.scalar(select(func.min(AttemptLog.start)).where(mine, end > offset))
+            if first is None:
+                return attempt, min(offset, attempt.log_size), ""
+            start = max(offset, first)
+            chunks = session.execute(
+                select(AttemptLog.start, AttemptLog.text)
+                .where(mine, end > start, AttemptLog.start < start + limit)
+                .order_by(AttemptLog.start)
+            ).all()
+        text = "".join(chunk.text for chunk in chunks)[start - chunks[0].start :][:limit]
+        return attempt, start, text
+
     # -- what workers report ------------------------------------------------------------------
 
     def set_result(self, job_id: str, result: dict[str, Any]) -> None:
@@ -321,8 +384,14 @@ class Store:
 
     def add_metrics(self, job_id: str, points: Iterable[dict[str, Any]]) -> int:
         """Store metric points ``{step, epoch, name, value}``; a point reported again (a resumed
-        attempt repeats the steps after its checkpoint) replaces the earlier one."""
-        rows = [{"job_id": job_id, "recorded_at": utcnow(), **point} for point in points]
+        attempt repeats the steps after its checkpoint) replaces the earlier one. A NaN value is
+        stored as NULL (SQLite cannot keep NaN); infinities as they are."""
+        now = utcnow()
+        rows = [
+            {"job_id": job_id, "recorded_at": now, **point,
+             "value": None if math.isnan(point["value"]) else point["value"]}
+            for point in points
+        ]  # fmt: skip
         if not rows:
             return 0
         self.get_job(job_id)
@@ -355,7 +424,8 @@ class Store:
         """Record a checkpoint; with ``keep``, older ones beyond the newest ``keep`` are marked
         unavailable (Ray Train deletes them)."""
         self.get_job(job_id)
-        values = {"step": step, "epoch": epoch, "path": path, "metrics": metrics, "available": True}
+        values = {"step": step, "epoch": epoch, "path": path, "metrics": json_safe(metrics),
+                  "available": True}  # fmt: skip
         insert = self._insert()(Checkpoint).values(
             job_id=job_id, name=name, created_at=utcnow(), **values
         )

@@ -2,7 +2,8 @@
 
 A job has attempts (one Ray job each), metric points, checkpoints, artifacts and, when it computes
 one (a linear evaluation), a result; an evaluation names the job it scores (``source_job_id``). An
-attempt keeps the log of its Ray job, so logs outlive the cluster.
+attempt keeps the log of its Ray job in ``attempt_logs``, apart from the rows that lists and gets
+read, so logs outlive the cluster without slowing the API.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -83,7 +85,7 @@ class Attempt(Base):
     state: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)
     submit_errors: Mapped[int] = mapped_column(Integer, default=0)
-    log: Mapped[str] = mapped_column(Text, default="")
+    log_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -91,6 +93,19 @@ class Attempt(Base):
     job: Mapped[Job] = relationship(back_populates="attempts")
 
     __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+
+class AttemptLog(Base):
+    """A chunk of an attempt's log: the characters ``[start, start + len(text))`` of it. Chunks
+    are appended as the reconciler reads them from Ray; the oldest are dropped past the cap."""
+
+    __tablename__ = "attempt_logs"
+
+    attempt_id: Mapped[int] = mapped_column(
+        ForeignKey("attempts.id", ondelete="CASCADE"), primary_key=True
+    )
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
 
 
 class MetricPoint(Base):
@@ -101,7 +116,7 @@ class MetricPoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)  # NULL: NaN (SQLite cannot store it)
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "name", "step"),)

@@ -6,13 +6,16 @@ on the training device.
   ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``), decoded lazily with libjpeg-turbo; a class
   list (ImageNet-100, any subset) selects and orders the classes.
 
-``build_dataset(config, split)`` picks one from a ``DatasetConfig``. Nothing is downloaded: a missing
-file is an error that names what is missing and where it was looked for.
+``build_dataset(config, split, roots)`` picks one from a ``DatasetConfig``. Nothing is downloaded: a
+missing file is an error that names what is missing and where it was looked for. With ``roots`` (the
+data roots of the job spec) every folder and file read must resolve under one of them
+(``trainer.data.confine``); None: unconfined, for runs started by hand.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +24,8 @@ import torchvision
 from torch.utils.data import Dataset
 
 from trainer.config import DatasetConfig
-from trainer.data.folders import (
-    DECODE_ERRORS,
-    class_folders,
-    decode_rgb,
-    list_images,
-    read_class_list,
-)
+from trainer.data.confine import confined, read_class_list
+from trainer.data.folders import DECODE_ERRORS, class_folders, decode_rgb, list_images
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +78,14 @@ class ImageFolderImages(Dataset):
         max_side: int = 384,
         on_error: str = "skip",
         classes: list[str] | None = None,
+        roots: Sequence[str] | None = None,
     ):
-        """``classes``: the class folders to read, in label order (default: all, sorted)."""
+        """``classes``: the class folders to read, in label order (default: all, sorted);
+        ``roots``: the root, every class folder and every image must resolve under one of these
+        (None: unconfined)."""
         root = Path(root)
-        self.classes = classes or class_folders(root)
-        self.samples = list_images(root, self.classes)
+        self.classes = classes or class_folders(root, roots)
+        self.samples = list_images(root, self.classes, roots)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root = root
@@ -107,12 +108,14 @@ class ImageFolderImages(Dataset):
         return pixels, label
 
 
-def split_folders(config: DatasetConfig) -> dict[str, Path]:
-    """``train`` and ``val`` folders of an ImageNet-layout root, checked: both exist and hold the
-    same classes (or every class of the class list)."""
+def split_folders(config: DatasetConfig, roots: Sequence[str] | None = None) -> dict[str, Path]:
+    """``train`` and ``val`` folders of an ImageNet-layout root, checked: both exist (under
+    ``roots``: None, unconfined) and hold the same classes (or every class of the class list)."""
     assert config.root is not None
     root = Path(config.root)
     folders = {"train": root / "train", "val": root / "val"}
+    if roots is not None:
+        folders = {split: confined(f, roots, f"{split}/ folder") for split, f in folders.items()}
     for split, folder in folders.items():
         if not folder.is_dir():
             raise FileNotFoundError(f"{config.name} root {root} has no {split}/ folder ({folder})")
@@ -174,10 +177,32 @@ def make_synthetic(
     return InMemoryImages(images, labels, [f"class{k}" for k in range(num_classes)])
 
 
-def load_cifar(root: str | Path, split: str, classes: int = 10) -> InMemoryImages:
-    """CIFAR-10/100 from torchvision's python-pickle layout under ``root`` (never downloaded)."""
+def _confine_torchvision_files(
+    root: str | Path, dataset_cls: type, roots: Sequence[str] | None
+) -> Path:
+    """The real path of ``root`` after checking that it and every file torchvision may read of
+    ``dataset_cls`` there resolve under ``roots`` (None: unconfined, ``root`` returned as is)."""
+    if roots is None:
+        return Path(root)
+    real = confined(root, roots, "dataset root")
+    folder = confined(real / dataset_cls.base_folder, roots, "dataset folder")
+    names = [name for name, _ in [*dataset_cls.train_list, *dataset_cls.test_list]]
+    names += [getattr(dataset_cls, "meta", {}).get("filename")]
+    names += [getattr(dataset_cls, "class_names_file", None)]
+    names += [getattr(dataset_cls, "folds_list_file", None)]
+    for name in filter(None, names):
+        confined(folder / name, roots, "dataset file")
+    return real
+
+
+def load_cifar(
+    root: str | Path, split: str, classes: int = 10, roots: Sequence[str] | None = None
+) -> InMemoryImages:
+    """CIFAR-10/100 from torchvision's python-pickle layout under ``root`` (never downloaded),
+    whose files must resolve under ``roots`` (None: unconfined)."""
     dataset_cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
     train = _check_split(split, ("train", "test")) == "train"
+    root = _confine_torchvision_files(root, dataset_cls, roots)
     try:
         dataset = dataset_cls(str(root), train=train, download=False)
     except RuntimeError:
@@ -191,9 +216,11 @@ def load_cifar(root: str | Path, split: str, classes: int = 10) -> InMemoryImage
     return InMemoryImages(images, torch.tensor(dataset.targets), list(dataset.classes))
 
 
-def load_stl10(root: str | Path, split: str) -> InMemoryImages:
-    """STL-10 from torchvision's binary layout under ``root``; ``unlabeled`` images have label -1."""
+def load_stl10(root: str | Path, split: str, roots: Sequence[str] | None = None) -> InMemoryImages:
+    """STL-10 from torchvision's binary layout under ``root`` (whose files must resolve under
+    ``roots``; None: unconfined); ``unlabeled`` images have label -1."""
     split = _check_split(split, ("train", "test", "unlabeled", "train+unlabeled"))
+    root = _confine_torchvision_files(root, torchvision.datasets.STL10, roots)
     try:
         dataset = torchvision.datasets.STL10(str(root), split=split, download=False)
     except RuntimeError:
@@ -206,10 +233,27 @@ def load_stl10(root: str | Path, split: str) -> InMemoryImages:
     )
 
 
+def confine_dataset(config: DatasetConfig, roots: Sequence[str] | None) -> DatasetConfig:
+    """``config`` with its ``root`` and ``class_list`` replaced by their real paths, which must lie
+    under ``roots`` (else ``PermissionError``); ``config`` itself when ``roots`` is None."""
+    if roots is None:
+        return config
+    update = {
+        field: str(confined(value, roots, f"dataset {field}"))
+        for field in ("root", "class_list")
+        if (value := getattr(config, field))
+    }
+    return config.model_copy(update=update)
+
+
 def build_dataset(
-    config: DatasetConfig, split: str = "train"
+    config: DatasetConfig, split: str = "train", roots: Sequence[str] | None = None
 ) -> InMemoryImages | ImageFolderImages:
-    """The images a ``DatasetConfig`` names, for ``split`` (train, test/val, or STL-10's splits)."""
+    """The images a ``DatasetConfig`` names, for ``split`` (train, test/val, or STL-10's splits).
+
+    ``roots``: the directories the job may read (the job spec's ``data_roots``); the root, the
+    class list and every folder and file read must resolve under one of them, else
+    ``PermissionError``. None: unconfined (runs started by hand)."""
     name = config.name
     if name == "digits":
         return load_digits_split(split)
@@ -219,23 +263,24 @@ def build_dataset(
             config.synthetic_images, config.synthetic_classes, config.view_size, seed
         )
     assert config.root is not None  # DatasetConfig requires a root for every other set
+    config = confine_dataset(config, roots)
     if name == "packed":
         raise ValueError(
             f"packed shards ({config.root}) are streamed by the ray_data loader of a Ray job; "
             "point this job at the image folder instead"
         )
     if name in ("cifar10", "cifar100"):
-        return load_cifar(config.root, split, classes=int(name.removeprefix("cifar")))
+        return load_cifar(config.root, split, int(name.removeprefix("cifar")), roots)
     if name == "stl10":
-        return load_stl10(config.root, split)
-    classes = read_class_list(config.class_list) if config.class_list else None
+        return load_stl10(config.root, split, roots)
+    classes = read_class_list(config.class_list, roots) if config.class_list else None
     split = _check_split(split, ("train", "val", "test"))
     folder = Path(config.root)
     imagenet_layout = (folder / "train").is_dir() and (folder / "val").is_dir()
     if name == "imagenet" or imagenet_layout or split != "train":
         # train/ and val/ folders; a plain image folder is a train split by itself
-        folder = split_folders(config)["train" if split == "train" else "val"]
-    return ImageFolderImages(folder, config.max_side, config.on_error, classes)
+        folder = split_folders(config, roots)["train" if split == "train" else "val"]
+    return ImageFolderImages(folder, config.max_side, config.on_error, classes, roots)
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> str:

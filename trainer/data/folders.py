@@ -1,5 +1,6 @@
-"""Image folders without torch: listing the ImageFolder layout, class lists, and the one JPEG/PNG
-decoder every image path uses (the torch loader, the Ray Data decoder, the packer's check).
+"""Image folders without torch: listing the ImageFolder layout (confined to the data roots, see
+``trainer.data.confine``), class lists, and the one JPEG/PNG decoder every image path uses (the
+torch loader, the Ray Data decoder, the packer's check).
 
 ``decode_rgb`` is Pillow's libjpeg-turbo. A JPEG larger than needed is decoded at a reduced scale
 in the DCT domain (``Image.draft``: 1/2, 1/4 or 1/8, several times faster than a full decode), then
@@ -9,10 +10,22 @@ resized so that its longer side is at most ``max_side``.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from trainer.data.confine import (
+    ClassList,
+    class_name_problem,
+    confined,
+    confined_to,
+    line_numbers,
+    read_class_list,
+    real_roots,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 # What a file that is not a readable image raises while decoding.
@@ -33,32 +46,78 @@ def decode_rgb(source: str | Path | bytes, max_side: int | None = None) -> np.nd
         return np.asarray(image).copy()
 
 
-def list_images(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+def list_images(
+    root: Path,
+    classes: list[str],
+    roots: Iterable[str | os.PathLike[str]] | None = None,
+) -> list[tuple[str, int]]:
     """``(path, label)`` of every image under ``root/<class>/`` (recursively), label = the class's
-    position in ``classes``; paths sorted within each class."""
-    missing = [name for name in classes if not (root / name).is_dir()]
+    position in ``classes``; paths sorted within each class.
+
+    With ``roots`` (None: unconfined) the root, every class folder and every image file must
+    resolve under one of them (a symbolic link pointing elsewhere is refused: ``PermissionError``),
+    and the paths returned are the resolved ones. Classes read from a class list (``ClassList``)
+    are cited in errors by their line in that file, never by name."""
+    resolved = real_roots(roots)
+    if resolved is not None:
+        root = confined_to(root, resolved, "image folder")
+    from_file = isinstance(classes, ClassList)
+    for position, name in enumerate(classes):
+        problem = None if from_file else class_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"class {position} {problem}: not a class folder name under {root}")
+
+    def cited(position: int) -> str:
+        """How errors name a class: by its class list line when it came from a file."""
+        if from_file:
+            return f"the class on line {classes.lines[position]} of class list {classes.source}"
+        return f"class folder {root / classes[position]}"
+
+    missing = [position for position, name in enumerate(classes) if not (root / name).is_dir()]
     if missing:
+        if from_file:
+            lines = line_numbers([classes.lines[i] for i in missing])
+            which = f"the classes on {lines} of class list {classes.source}"
+        else:
+            names = [classes[i] for i in missing]
+            which = f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
         raise FileNotFoundError(
-            f"{len(missing)} of {len(classes)} class folders missing under {root}: "
-            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+            f"{len(missing)} of {len(classes)} class folders missing under {root}: {which}"
         )
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        files = sorted(
-            str(p)
-            for p in (root / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-        if not files:
+        folder = root / name
+        if resolved is not None:
+            label_text = f"of {cited(label)} (under {root})" if from_file else None
+            folder = confined_to(folder, resolved, "class folder", label_text)
+        found: list[tuple[str, str]] = []  # (the path as listed, the path to read)
+        for path in folder.rglob("*"):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if resolved is not None:
+                shown = None
+                if from_file:
+                    shown = f"{path.relative_to(folder)} in the folder of {cited(label)}"
+                real = confined_to(path, resolved, "image", shown)
+                if real.is_file():
+                    found.append((str(path), str(real)))
+            elif path.is_file():
+                found.append((str(path), str(path)))
+        if not found:
             raise FileNotFoundError(
-                f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                f"{f'the folder of {cited(label)} under {root}' if from_file else f'class folder {folder}'} "
+                f"holds no images "
+                f"({', '.join(IMAGE_EXTENSIONS)})"
             )
-        samples += [(f, label) for f in files]
+        samples += [(real, label) for _, real in sorted(found)]
     return samples
 
 
-def class_folders(root: Path) -> list[str]:
-    """The sorted class sub-directories of an ImageFolder root."""
+def class_folders(root: Path, roots: Iterable[str | os.PathLike[str]] | None = None) -> list[str]:
+    """The sorted class sub-directories of an ImageFolder root (which must resolve under ``roots``;
+    None: unconfined)."""
+    if roots is not None:
+        root = confined(root, roots, "image folder")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -69,18 +128,11 @@ def class_folders(root: Path) -> list[str]:
     return classes
 
 
-def read_class_list(path: str | Path) -> list[str]:
-    """Class folder names, one per line (blank lines and ``#`` comments ignored)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"class list {path} not found") from None
-    names = [line.split("#", 1)[0].strip() for line in lines]
-    names = [name for name in names if name]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if not names or duplicates:
-        raise ValueError(
-            f"class list {path} "
-            + (f"repeats {', '.join(duplicates)}" if duplicates else "names no class")
-        )
-    return names
+__all__ = [
+    "DECODE_ERRORS",
+    "IMAGE_EXTENSIONS",
+    "class_folders",
+    "decode_rgb",
+    "list_images",
+    "read_class_list",
+]

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import random
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.data.folders import DECODE_ERRORS, class_folders, list_images, read_class_list
+from trainer.data.confine import confined, confined_to, is_under, read_class_list, real_roots
+from trainer.data.folders import DECODE_ERRORS, class_folders, list_images
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +213,60 @@ def pack(
     return manifest
 
 
-def read_manifest(root: str | Path) -> dict:
-    """The manifest of a packed directory; errors say what is missing."""
-    path = Path(root) / MANIFEST
+def read_manifest(root: str | Path, roots: Iterable[str | os.PathLike[str]] | None = None) -> dict:
+    """The manifest of a packed directory, which must resolve under ``roots`` (None: unconfined);
+    errors say what is missing, never what the file holds."""
+    shown = Path(root) / MANIFEST
+    path = confined(shown, roots, "packed-data manifest")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} not found: pack the images first (simclr data pack SRC {root})"
+            f"{shown} not found: pack the images first (simclr data pack SRC {root})"
         ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{shown} is not a packed-data manifest (not JSON)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ValueError(f"{shown} is not a packed-data manifest (no splits)")
     return manifest
+
+
+def manifest_shards(
+    root: str | Path, split: str = "train", roots: Iterable[str | os.PathLike[str]] | None = None
+) -> tuple[list[tuple[str, int]], int]:
+    """The ``split``'s shards as (resolved path, rows), in manifest order, and its image count.
+
+    The packed directory must resolve under ``roots`` (None: unconfined), and every shard ``file``
+    of the manifest, resolved against it, must stay inside it (a ``..`` or a symbolic link out is
+    refused with ``PermissionError``). Errors cite shards by their position, never the manifest's
+    text."""
+    resolved = real_roots(roots)
+    packed = confined_to(root, resolved, "packed data")
+    manifest = read_manifest(packed, resolved)
+    where = f"{Path(root) / MANIFEST}"
+    if split not in manifest["splits"]:
+        raise ValueError(
+            f"{root} has no {split!r} split (its manifest lists {len(manifest['splits'])} splits)"
+        )
+    info = manifest["splits"][split]
+    try:
+        entries = [(shard["file"], int(shard["rows"])) for shard in info["shards"]]
+        images = int(info["images"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{where}: the {split!r} split is malformed (shards, rows, images)"
+        ) from None
+    shards = []
+    for position, (file, rows) in enumerate(entries):
+        if not isinstance(file, str) or not file or "\0" in file or Path(file).is_absolute():
+            raise PermissionError(
+                f"{where}: shard {position} of the {split!r} split is not a path relative to {root}"
+            )
+        real = Path(os.path.realpath(packed / file))
+        if not is_under(real, (packed,)):  # hence under the roots too: packed is
+            raise PermissionError(
+                f"{where}: shard {position} of the {split!r} split resolves outside the packed "
+                f"directory {packed}"
+            )
+        shards.append((str(real), rows))
+    return shards, images

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +38,24 @@ import numpy as np
 import torch
 
 from trainer.config import DatasetConfig
+from trainer.data.confine import confined
 from trainer.data.folders import DECODE_ERRORS, decode_rgb
 from trainer.data.loader import Batch, steps_per_epoch
-from trainer.data.pack import read_manifest
+from trainer.data.pack import manifest_shards
 
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 64  # images per decode task call
 
 
-def read_shards(config: DatasetConfig, split: str = "train") -> tuple[list[tuple[str, int]], int]:
-    """The split's shards as (path, rows), in manifest order, and its image count."""
+def read_shards(
+    config: DatasetConfig, split: str = "train", roots: Sequence[str] | None = None
+) -> tuple[list[tuple[str, int]], int]:
+    """The split's shards as (resolved path, rows), in manifest order, and its image count; the
+    packed root must lie under ``roots`` (None: unconfined) and every shard inside the packed root
+    (``trainer.data.pack.manifest_shards``)."""
     assert config.root is not None
-    manifest = read_manifest(config.root)
-    if split not in manifest["splits"]:
-        raise ValueError(
-            f"{config.root} has no {split!r} split (it has {', '.join(manifest['splits'])})"
-        )
-    info = manifest["splits"][split]
-    shards = [(str(Path(config.root) / shard["file"]), shard["rows"]) for shard in info["shards"]]
-    return shards, info["images"]
+    return manifest_shards(config.root, split, roots)
 
 
 def epoch_order(shards: list, seed: int, epoch: int) -> list:
@@ -83,12 +81,16 @@ def epoch_plan(
     return plan
 
 
-def read_and_decode(item: dict[str, np.ndarray], max_side: int) -> Iterator[dict[str, np.ndarray]]:
+def read_and_decode(
+    item: dict[str, np.ndarray], max_side: int, roots: Sequence[str] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """One planned read: the first ``rows`` rows of a shard, streamed by row group and decoded in
-    batches of ``DECODE_BATCH``."""
+    batches of ``DECODE_BATCH``. The shard is resolved again on the decoding node and must lie under
+    ``roots`` (None: unconfined)."""
     import pyarrow.parquet as pq
 
     path, wanted = str(item["path"][0]), int(item["rows"][0])
+    path = str(confined(path, roots, "shard"))
     shard = pq.ParquetFile(path)
     for table in shard.iter_batches(batch_size=DECODE_BATCH, columns=["index", "image", "label"]):
         if wanted <= 0:
@@ -122,18 +124,21 @@ def decode_batch(batch: dict[str, np.ndarray], max_side: int) -> dict[str, np.nd
 
 
 def training_stream(
-    config: DatasetConfig, global_batch: int, seed: int, start_epoch: int, epochs: int
-):
+    config: DatasetConfig, global_batch: int, seed: int, start_epoch: int, epochs: int,
+    roots: Sequence[str] | None = None,
+):  # fmt: skip
     """The Ray Dataset of epochs ``start_epoch``..``epochs - 1``, decoded (driver side). Each epoch
     holds exactly its steps x ``global_batch`` rows (the rest is dropped), so that epoch e begins at
-    the same place of the stream whichever epoch the stream starts at."""
+    the same place of the stream whichever epoch the stream starts at. Every shard must lie under
+    ``roots`` (None: unconfined), checked here and again by each decode task."""
     import ray.data
 
-    shards, images = read_shards(config)
+    shards, images = read_shards(config, roots=roots)
     rows = steps_per_epoch(images, global_batch) * global_batch
     plan = epoch_plan(shards, rows, seed, start_epoch, epochs)
+    decode_kwargs = {"max_side": config.max_side, "roots": None if roots is None else list(roots)}
     return ray.data.from_items(plan, override_num_blocks=len(plan)).map_batches(
-        read_and_decode, fn_kwargs={"max_side": config.max_side}, batch_format="numpy",
+        read_and_decode, fn_kwargs=decode_kwargs, batch_format="numpy",
         batch_size=1, num_cpus=1, resources=config.decode_resources or None,
     )  # fmt: skip
 

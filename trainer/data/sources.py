@@ -14,7 +14,7 @@ loop stops asking; every rank gets the same number of batches per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -88,15 +88,16 @@ class SyntheticSource:
 
 def build_source(
     config: DatasetConfig, global_batch: int, seed: int, rank: int, world_size: int,
-    device: torch.device, dataset: Dataset | None = None,
+    device: torch.device, dataset: Dataset | None = None, roots: Sequence[str] | None = None,
 ) -> BatchSource:  # fmt: skip
     """The source ``config.loader`` names, for one process (the ray_data source is built by the
-    driver's worker loop, from the Ray Train dataset shard)."""
+    driver's worker loop, from the Ray Train dataset shard). ``roots``: the data roots every file
+    read must lie under (None: unconfined; ``trainer.data.datasets.build_dataset``)."""
     if config.loader == "synthetic":
         return SyntheticSource(config, global_batch // world_size, device, seed + 1 + rank)
     if config.loader == "ray_data":
         raise ValueError("the ray_data loader streams packed shards to the workers of a Ray job: run "
                          "it through the service or trainer.driver")  # fmt: skip
     if dataset is None:
-        dataset = build_dataset(config, "train")
+        dataset = build_dataset(config, "train", roots)
     return IndexedSource(dataset, global_batch, seed, rank, world_size, config.loader_workers)

@@ -16,18 +16,40 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from trainer.config import DatasetConfig, StrictModel
+from trainer.config import (
+    MAX_BATCH,
+    MAX_DIM,
+    MAX_IMAGE_SIZE,
+    MAX_STEPS,
+    MAX_WIDTH,
+    DatasetConfig,
+    EverySteps,
+    KeepCheckpoints,
+    LearningRate,
+    Seed,
+    StrictModel,
+)
 
 ToyName = Literal["eight_gaussians", "two_moons", "standard_normal"]
+
+# Bounded numbers of the generative kinds (subclasses that change a default re-use the same type:
+# a plain ``steps: int = 800_000`` would drop the parent's bounds).
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+WarmupSteps = Annotated[int, Field(ge=0, le=MAX_STEPS)]
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]  # torch.optim.Adam: 0 <= beta < 1
+AdamBetas = tuple[AdamBeta, AdamBeta]
+GradClip = Annotated[float, Field(gt=0, le=1e6)]
+Decay = Annotated[float, Field(ge=0, lt=1)]
+ToySize = Annotated[int, Field(ge=16, le=10**7)]
 
 
 class ToyDataConfig(StrictModel):
     """Samples of a 2-D density whose log-likelihood is computed exactly (trainer.generative.data)."""
 
     name: ToyName
-    train_size: int = Field(default=20_000, ge=16)
-    test_size: int = Field(default=2_000, ge=16)
-    seed: int = 0
+    train_size: ToySize = 20_000
+    test_size: ToySize = 2_000
+    seed: Seed = 0
 
 
 DataConfig = Annotated[DatasetConfig | ToyDataConfig, Field(union_mode="left_to_right")]
@@ -42,26 +64,34 @@ class TrainingConfig(StrictModel):
     image_size: int | None = Field(
         default=None,
         ge=8,
+        le=MAX_IMAGE_SIZE,
         description="image folders: centre-cropped and resized to this side (default 32)",
     )
-    batch_size: int = Field(default=128, ge=2, description="GLOBAL batch")
-    steps: int = Field(default=100_000, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(default=0, ge=0, description="linear learning-rate warm-up")
-    grad_clip: float | None = Field(default=None, gt=0, description="clip the global gradient norm")
-    seed: int = 0
-    log_every_steps: int = Field(default=50, ge=1)
-    checkpoint_every_steps: int = Field(default=1_000, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    eval_every_steps: int | None = Field(
-        default=None, ge=1, description="evaluate on held-out data (default: at checkpoints)"
+    batch_size: int = Field(default=128, ge=2, le=MAX_BATCH, description="GLOBAL batch")
+    steps: Steps = 100_000
+    learning_rate: LearningRate = 2e-4
+    betas: AdamBetas = Field(
+        default=(0.9, 0.999), description="Adam's (beta1, beta2), each in [0, 1)"
     )
-    eval_examples: int = Field(default=256, ge=1, description="held-out examples per evaluation")
-    sample_count: int = Field(default=64, ge=1, description="samples in each grid or scatter plot")
+    warmup_steps: WarmupSteps = Field(default=0, description="linear learning-rate warm-up")
+    grad_clip: GradClip | None = Field(default=None, description="clip the global gradient norm")
+    seed: Seed = 0
+    log_every_steps: EverySteps = 50
+    checkpoint_every_steps: EverySteps = 1_000
+    keep_checkpoints: KeepCheckpoints = 2
+    eval_every_steps: EverySteps | None = Field(
+        default=None, description="evaluate on held-out data (default: at checkpoints)"
+    )
+    eval_examples: int = Field(
+        default=256, ge=1, le=100_000, description="held-out examples per evaluation"
+    )
+    sample_count: int = Field(
+        default=64, ge=1, le=100_000, description="samples in each grid or scatter plot"
+    )
     frechet_classifier_steps: int = Field(
         default=300,
         ge=0,
+        le=10**7,
         description="labelled image sets: steps of the in-project classifier whose features give the "
         "reported Frechet distance (0: none)",
     )
@@ -72,16 +102,23 @@ class TrainingConfig(StrictModel):
 
 
 class UNetConfig(StrictModel):
-    base_channels: int = Field(default=128, ge=4)
-    channel_mults: tuple[int, ...] = (1, 2, 2, 2)
-    blocks_per_resolution: int = Field(default=2, ge=1)
-    attention_resolutions: tuple[int, ...] = (16,)
+    base_channels: int = Field(default=128, ge=4, le=MAX_WIDTH)
+    channel_mults: tuple[Annotated[int, Field(ge=1, le=64)], ...] = Field(
+        default=(1, 2, 2, 2),
+        min_length=1,
+        max_length=10,
+        description="one per resolution level: channels = base_channels x mult",
+    )
+    blocks_per_resolution: int = Field(default=2, ge=1, le=32)
+    attention_resolutions: tuple[Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)], ...] = Field(
+        default=(16,), max_length=10, description="feature-map sides with self-attention"
+    )
     dropout: float = Field(default=0.1, ge=0, lt=1)
 
 
 class DiffusionSettings(StrictModel):
     schedule: Literal["linear", "cosine"] = "linear"
-    timesteps: int = Field(default=1000, ge=2)
+    timesteps: int = Field(default=1000, ge=2, le=100_000)
     variance: Literal["large", "small"] = Field(
         default="large",
         description="reverse variance: beta_t (large, Ho et al.'s CIFAR-10 choice) or the posterior's "
@@ -90,32 +127,37 @@ class DiffusionSettings(StrictModel):
         "learned denoiser's errors at small t (digits, 1,800 steps: 3.28 against 3.60 bits/dim)",
     )
     unet: UNetConfig = Field(default_factory=UNetConfig)
-    mlp_hidden: int = Field(default=256, ge=8, description="2-D data: width of the MLP")
-    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    mlp_hidden: int = Field(default=256, ge=8, le=MAX_DIM, description="2-D data: width of the MLP")
+    ema_decay: Decay = 0.9999
 
 
 class DDPMConfig(TrainingConfig, DiffusionSettings):
-    steps: int = 800_000
-    warmup_steps: int = 5_000
-    grad_clip: float | None = 1.0
+    steps: Steps = 800_000
+    warmup_steps: WarmupSteps = 5_000
+    grad_clip: GradClip | None = 1.0
 
 
 class VAESettings(StrictModel):
-    latent_dim: int = Field(default=32, ge=1)
-    width: int = Field(default=32, ge=4, description="first convolution's channels (images)")
-    hidden: int = Field(default=128, ge=4, description="2-D data: MLP width")
+    latent_dim: int = Field(default=32, ge=1, le=MAX_DIM)
+    width: int = Field(
+        default=32, ge=4, le=MAX_WIDTH, description="first convolution's channels (images)"
+    )
+    hidden: int = Field(default=128, ge=4, le=MAX_DIM, description="2-D data: MLP width")
     decoder: Literal["bernoulli", "gaussian"] = Field(
         default="gaussian",
         description="bernoulli: dynamically binarised images; gaussian: discretised on the data's "
         "levels for images, a density for 2-D data",
     )
     iwae_k: int = Field(
-        default=100, ge=1, description="importance samples of the IWAE bound at evaluation"
+        default=100,
+        ge=1,
+        le=100_000,
+        description="importance samples of the IWAE bound at evaluation",
     )
 
 
 class VAEConfig(TrainingConfig, VAESettings):
-    learning_rate: float = 1e-3
+    learning_rate: LearningRate = 1e-3
 
     @model_validator(mode="after")
     def _bernoulli_needs_images(self) -> VAEConfig:
@@ -127,23 +169,23 @@ class VAEConfig(TrainingConfig, VAESettings):
 
 
 class GANConfig(TrainingConfig):
-    latent_dim: int = Field(default=100, ge=1)
-    width: int = Field(default=64, ge=4)
-    hidden: int = Field(default=128, ge=4, description="2-D data: MLP width")
+    latent_dim: int = Field(default=100, ge=1, le=MAX_DIM)
+    width: int = Field(default=64, ge=4, le=MAX_WIDTH)
+    hidden: int = Field(default=128, ge=4, le=MAX_DIM, description="2-D data: MLP width")
     r1_gamma: float = Field(
-        default=10.0, ge=0, description="critic loss += (gamma / 2) E_data ||grad_x C||^2"
+        default=10.0, ge=0, le=1e6, description="critic loss += (gamma / 2) E_data ||grad_x C||^2"
     )
-    betas: tuple[float, float] = (0.5, 0.999)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    betas: AdamBetas = Field(
+        default=(0.5, 0.999), description="Adam's (beta1, beta2), each in [0, 1)"
+    )
+    ema_decay: Decay = 0.999
 
 
 class DiffuseVAEConfig(TrainingConfig):
     vae: VAESettings = Field(default_factory=VAESettings)
     diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
-    vae_steps: int = Field(
-        default=20_000, ge=1, description="stage one; the DDPM trains for the rest"
-    )
-    vae_learning_rate: float = Field(default=1e-3, gt=0)
+    vae_steps: Steps = Field(default=20_000, description="stage one; the DDPM trains for the rest")
+    vae_learning_rate: LearningRate = 1e-3
 
     @model_validator(mode="after")
     def _both_stages(self) -> DiffuseVAEConfig:
@@ -157,9 +199,9 @@ class DiffuseVAEConfig(TrainingConfig):
 
 class FlowConfig(TrainingConfig):
     layers: list[Literal["radial", "planar", "sigmoidal", "residual"]] = Field(
-        default_factory=lambda: ["sigmoidal", "residual"] * 4, min_length=1
+        default_factory=lambda: ["sigmoidal", "residual"] * 4, min_length=1, max_length=256
     )
-    learning_rate: float = 1e-3
+    learning_rate: LearningRate = 1e-3
 
 
 GENERATIVE_CONFIGS = {

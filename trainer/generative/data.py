@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from trainer.config import DatasetConfig
-from trainer.data.datasets import ImageFolderImages, InMemoryImages, UnreadableImage, build_dataset
+from trainer.data.datasets import (
+    ImageFolderImages,
+    InMemoryImages,
+    UnreadableImage,
+    build_dataset,
+    confine_dataset,
+)
 from trainer.gaussian import gaussian_log_density
 from trainer.generative.config import ToyDataConfig
 
@@ -75,20 +82,29 @@ def _folder_images(dataset: ImageFolderImages, side: int) -> InMemoryImages:
     return InMemoryImages(torch.stack(images), torch.tensor(labels), dataset.classes)
 
 
-def load_images(config: DatasetConfig, image_size: int | None) -> GenerativeData:
+def _plain_folder(config: DatasetConfig) -> bool:
+    """An image folder without a val split (``load_images`` splits it 90/10)."""
+    return config.name == "imagefolder" and not (Path(str(config.root)) / "val").is_dir()
+
+
+def load_images(
+    config: DatasetConfig, image_size: int | None, roots: Sequence[str] | None = None
+) -> GenerativeData:
     """The train and test splits of an image set on [-1, 1]; a plain image folder without a val
-    split is split 90/10 with a fixed seed."""
+    split is split 90/10 with a fixed seed. ``roots``: every folder and file read must resolve
+    under one of these (None: unconfined; ``trainer.data.datasets.build_dataset``)."""
     levels = DIGITS_LEVELS if config.name == "digits" else 256
     side = image_size or DEFAULT_FOLDER_SIDE
+    config = confine_dataset(config, roots)
 
     def split(name: str) -> InMemoryImages:
-        dataset = build_dataset(config, name)
+        dataset = build_dataset(config, name, roots)
         if isinstance(dataset, ImageFolderImages):
             return _folder_images(dataset, side)
         return dataset
 
     train = split("train")
-    plain_folder = config.name == "imagefolder" and not (Path(str(config.root)) / "val").is_dir()
+    plain_folder = _plain_folder(config)
     if not plain_folder:
         test = split("test")
     else:
@@ -173,8 +189,10 @@ def load_toy(config: ToyDataConfig) -> GenerativeData:
 
 
 def load_generative_data(
-    data: DatasetConfig | ToyDataConfig, image_size: int | None
-) -> GenerativeData:
+    data: DatasetConfig | ToyDataConfig, image_size: int | None,
+    roots: Sequence[str] | None = None,
+) -> GenerativeData:  # fmt: skip
+    """The data of a generative job; ``roots``: the data roots image files must lie under."""
     if isinstance(data, ToyDataConfig):
         return load_toy(data)
-    return load_images(data, image_size)
+    return load_images(data, image_size, roots)

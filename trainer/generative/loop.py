@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,12 +101,32 @@ def run_generative(
     *,
     stop_after: int | None = None,
     progress: bool = True,
+    roots: Sequence[str] | None = None,
 ) -> GenerativeRun:
-    """Train (or resume) ``kind`` until ``config.steps`` or ``stop_after`` steps in this call."""
+    """Train (or resume) ``kind`` until ``config.steps`` or ``stop_after`` steps in this call. The
+    session is closed at the end (``close``: pending reports are delivered), also on a failure.
+    ``roots``: the directories image data must resolve under (the job spec's ``data_roots``)."""
+    try:
+        return _run_generative(
+            kind, config, session, stop_after=stop_after, progress=progress, roots=roots
+        )
+    finally:
+        session.close()
+
+
+def _run_generative(
+    kind: str,
+    config: TrainingConfig,
+    session: TrainingSession,
+    *,
+    stop_after: int | None,
+    progress: bool,
+    roots: Sequence[str] | None,
+) -> GenerativeRun:
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
-    data = load_generative_data(config.data, config.image_size)
+    data = load_generative_data(config.data, config.image_size, roots)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     task = TASKS[kind](config, data, device)
