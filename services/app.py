@@ -44,6 +44,7 @@ def create_app(
         LatencyMiddleware,
         telemetry=lambda: getattr(getattr(app.state, "service", None), "telemetry", None),
     )
+    app.add_middleware(problems.RefuseNul)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(docs.router)

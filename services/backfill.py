@@ -60,11 +60,12 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, 
                 if not isinstance(row, dict):
                     raise ValueError("not an object")
                 row_points = _points(row)
-            except (ValueError, ValidationError):  # json.JSONDecodeError is a ValueError
+                step = int(row["step"])
+            except (ValueError, TypeError, KeyError, OverflowError, ValidationError):
                 skipped += 1
                 continue
             points += row_points
-            rows[int(row["step"])] = row
+            rows[step] = row
     return points, rows, skipped
 
 
@@ -77,11 +78,15 @@ def backfill(store: Store, job_id: str, run_dir: str, keep: int | None) -> None:
     metrics_file = directory / METRICS_FILE
     rows: dict[int, dict[str, Any]] = {}
     if metrics_file.is_file():
-        points, rows, skipped = read_metrics(metrics_file)
-        for start in range(0, len(points), BATCH):
-            store.add_metrics(job_id, points[start : start + BATCH])
-        if skipped:
-            log.warning("job %s: %d malformed line(s) of %s skipped", job_id, skipped, metrics_file)
+        try:
+            points, rows, skipped = read_metrics(metrics_file)
+            for start in range(0, len(points), BATCH):
+                store.add_metrics(job_id, points[start : start + BATCH])
+            if skipped:
+                log.warning("job %s: %d malformed line(s) of %s skipped", job_id, skipped,
+                            metrics_file)  # fmt: skip
+        except Exception:  # the checkpoints are recovered all the same
+            log.exception("job %s: reading %s back failed", job_id, metrics_file)
     known = {checkpoint.name for checkpoint in store.list_checkpoints(job_id)}
     registered = ray_registered(directory / RAY_SNAPSHOT)
     found = sorted(

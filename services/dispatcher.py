@@ -20,7 +20,6 @@ from services.store.tables import Job
 from trainer.ray_auth import ray_auth_headers
 from trainer.spec import JobSpec
 
-
 # Seconds Ray waits for a stopped job's driver to abort its run before it sends SIGKILL.
 STOP_GRACE_S = 30
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.kinds import ConfigError
 from services.store.store import Conflict, NotFound
@@ -41,6 +42,26 @@ def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
     items = [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors]
     detail = "; ".join(f"{item['field']}: {item['message']}" for item in items)
     return problem(422, detail or "invalid request", errors=items)
+
+
+class RefuseNul:
+    """A NUL character in the path or the query string is a 422: no id or name holds one, and
+    PostgreSQL cannot even compare with one."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"]
+            or b"%00" in scope["query_string"].lower()
+            or b"\x00" in scope["query_string"]
+        ):
+            response = problem(422, "the path or query holds a NUL character",
+                               errors=[{"field": "path", "message": "NUL character"}])  # fmt: skip
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

@@ -25,14 +25,18 @@ from pydantic import ValidationError
 
 from services.backfill import backfill
 from services.dispatcher import Dispatcher, DispatchError
-from services.store.store import LIVE_ATTEMPT_STATES, NotFound, Store
+from services.store.store import (
+    FINISHED_ATTEMPT_STATES,
+    LIVE_ATTEMPT_STATES,
+    NotFound,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
 # Submissions that Ray refused (it answered with an error) before the job fails; while Ray cannot be
 # reached at all, submission is retried without limit and the job stays queued.
 SUBMIT_REFUSALS = 3
-FINISHED_RAY_STATES = ("succeeded", "failed", "stopped", "lost")
 
 
 class Reconciler:
@@ -85,7 +89,7 @@ class Reconciler:
             self.dispatcher.stop(submission_id)
         ray_state = self.dispatcher.state(submission_id)
         logs = None if ray_state.state == "lost" else self.dispatcher.logs(submission_id)
-        if ray_state.state in FINISHED_RAY_STATES and self.run_dir is not None:
+        if ray_state.state in FINISHED_ATTEMPT_STATES and self.run_dir is not None:
             try:  # an unreadable storage must not keep the job from ending
                 backfill(
                     self.store, job.id, self.run_dir(job.id), job.config.get("keep_checkpoints")

@@ -17,6 +17,8 @@ UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))
 ]
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+# A name or id a client sends: no NUL character (PostgreSQL text cannot hold it).
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 # Bounds of stored numbers: the database's INTEGER columns, and byte sizes.
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
@@ -30,7 +32,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: JobKind
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="validated by the kind's config model; unset fields take the paper's defaults",
@@ -82,8 +84,12 @@ class JobPage(BaseModel):
 class EvaluationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    job_id: str = Field(description="the pretraining job whose checkpoint is scored")
-    checkpoint: str = Field(default="latest", description="'latest' or a checkpoint's name")
+    job_id: Text = Field(
+        max_length=64, description="the pretraining job whose checkpoint is scored"
+    )
+    checkpoint: Text = Field(
+        default="latest", max_length=100, description="'latest' or a checkpoint's name"
+    )
     dataset: dict[str, Any] | None = Field(
         default=None, description="a dataset config; default: the pretraining job's"
     )
@@ -91,7 +97,7 @@ class EvaluationCreate(BaseModel):
         default_factory=dict, description="mode, epochs, batch_size, base_lr, seed (paper defaults)"
     )
     resources: Resources = Field(default_factory=Resources)
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
 
 
 class ProbeResultOut(BaseModel):
@@ -209,5 +215,7 @@ class CheckpointIn(BaseModel):
     step: int = Field(ge=0, le=MAX_INT32)
     epoch: int = Field(ge=0, le=MAX_INT32)
     path: str = Field(min_length=1, max_length=4096)
-    metrics: dict[str, float | int | str | bool | None] = Field(default_factory=dict, max_length=256)
+    metrics: dict[str, float | int | str | bool | None] = Field(
+        default_factory=dict, max_length=256
+    )
     keep: int | None = Field(default=None, ge=1, le=1000)

@@ -14,7 +14,6 @@ from trainer.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
-    load_state,
     prune_checkpoints,
     rng_state,
     save_atomic,
@@ -107,13 +106,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     marker, files = _malicious_files(tmp_path)
     for path in files:
         with pytest.raises(CheckpointError, match=re.escape(str(path))) as refused:
-            load_state(path)
+            load_checkpoint(path)
         assert "touch" not in str(refused.value) and "pwned" not in str(refused.value)
-        with pytest.raises(ValueError, match="refused, nothing in it was run"):
-            load_checkpoint(path)  # the old entry point, same check (and still a ValueError)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match=r"may not hold \(posix\.system\)|\(nt\.system\)"):
-        load_state(files[0])
+        load_checkpoint(files[0])
     assert not marker.exists()
     # control: the same bytes do run the command when unpickled without the restriction
     pickle.loads(files[1].read_bytes())
@@ -124,7 +121,7 @@ def test_an_object_of_a_class_not_allowed_is_refused(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save({"step": 1, "extra": NotAllowed()}, path)
     with pytest.raises(CheckpointError, match=r"foreign\.pt holds .*NotAllowed\).*refused"):
-        load_state(path)
+        load_checkpoint(path)
 
 
 def test_load_encoder_and_the_feature_cache_refuse_a_file_that_would_run_code(tmp_path):
@@ -173,7 +170,7 @@ def test_a_checkpoint_with_numpys_legacy_rng_tuple_loads_and_restores_every_stre
     random.seed(0)
     torch.manual_seed(0)
 
-    loaded = load_state(tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
     assert isinstance(loaded["rng"][0]["numpy"], tuple)
     assert loaded["rng"][0]["numpy"][1].dtype == np.uint32
     restore_rank_rng(loaded["rng"], rank=0, world=1, seed=0, step=7)
@@ -192,7 +189,7 @@ def test_new_checkpoints_need_no_allowed_globals_and_restore_numpy(tmp_path):
     with torch.serialization.safe_globals([]):  # plain weights_only=True, no allow-list
         torch.load(tmp_path / "new.pt", weights_only=True)
     np.random.seed(0)
-    set_rng_state(load_state(tmp_path / "new.pt")["rng"][0])
+    set_rng_state(load_checkpoint(tmp_path / "new.pt")["rng"][0])
     assert np.random.standard_normal() == expected[0]
     np.testing.assert_array_equal(np.random.rand(3), expected[1])
 

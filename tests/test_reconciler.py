@@ -79,6 +79,7 @@ def test_dispatch_follow_and_store_logs_until_success(store):
     reconciler.run_once()
     assert ray.jobs == {sid: "pending"} and store.get_job(job.id).status == "queued"
     assert ray.specs[sid].job_id == job.id and ray.specs[sid].resources.num_workers == 2
+    assert ray.specs[sid].data_roots == SETTINGS.resolved_data_roots == ["/shared/data"]
     ray.jobs[sid], ray.logs_of[sid] = "running", "step 1 loss 6.1\n"
     reconciler.run_once()
     assert store.get_job(job.id).status == "running"
@@ -235,8 +236,12 @@ def test_an_ended_attempt_completes_the_record_from_the_storage(store, tmp_path)
     rows = [{"step": s, "epoch": s // 4, "time": 1.0, "loss": 6.0 - s / 10, "lr": 0.1}
             for s in range(2, 10, 2)] + [{"step": 10, "epoch": 2, "loss": float("nan")}]  # fmt: skip
     run.mkdir()
+    resumed = [{"step": 6, "epoch": 1, "loss": 5.4, "lr": 0.1}]  # a resumed attempt repeats step 6
+    malformed = ["{}", '{"epoch": 1}', '{"step": null, "loss": 1}', '{"step": 1e999}', "[1]"]
     (run / "metrics.jsonl").write_text(
-        "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 12, "lo'
+        "".join(json.dumps(row) + "\n" for row in rows + resumed)
+        + "".join(line + "\n" for line in malformed)
+        + '{"step": 12, "lo'  # torn by a killed worker
     )
     for step in (4, 8):
         (run / f"step-{step:08d}").mkdir()
@@ -248,6 +253,7 @@ def test_an_ended_attempt_completes_the_record_from_the_storage(store, tmp_path)
     points = store.list_metrics(job.id)
     assert len(points) == 2 * 4 + 1 and {p.step for p in points} == {2, 4, 6, 8, 10}
     assert [p.value for p in points if p.step == 10] == [None]  # NaN, stored as NULL
+    assert [p.value for p in points if p.step == 6 and p.name == "loss"] == [5.4]  # the last
     assert [c.name for c in store.list_checkpoints(job.id)] == ["step-00000004", "step-00000008"]
     latest = store.checkpoint(job.id, "latest")
     assert latest.name == "step-00000008" and latest.path == f"{run}/step-00000008"
@@ -270,3 +276,17 @@ def test_only_checkpoints_ray_train_registered_are_recovered(store, tmp_path):
     ray.jobs[f"{job.id}-a1"] = "failed"
     reconciler.run_once()
     assert [c.name for c in store.list_checkpoints(job.id)] == ["step-00000002"]
+
+
+def test_a_log_with_nul_characters_is_stored_and_paged(store):
+    """PostgreSQL text cannot hold NUL and SQLite's length() stops at it: a binary byte in a Ray
+    log is stored as U+FFFD, and the job still ends."""
+    ray = ScriptedRay()
+    reconciler = Reconciler(store, ray)
+    job = create(store)
+    sid = f"{job.id}-a1"
+    reconciler.run_once()
+    ray.jobs[sid], ray.logs_of[sid] = "succeeded", "epoch 1\nbinary \x00 garbage\nepoch 2\n"
+    reconciler.run_once()
+    assert store.get_job(job.id).status == "succeeded"
+    assert store.read_log(job.id, 1, 10, 100)[1:] == (10, "nary \ufffd garbage\nepoch 2\n")

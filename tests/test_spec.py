@@ -65,3 +65,26 @@ def test_driver_cli_reports_a_missing_spec_file():
         text=True,
     )
     assert result.returncode != 0 and "job spec not found" in result.stderr
+
+
+def test_a_failed_runs_reason_is_the_error_underneath_each_workers_failure():
+    """What the driver says last when a run fails: each worker's innermost error, once."""
+    from trainer.driver import failure_reason
+
+    def raised(outer: type[Exception]) -> Exception:
+        try:
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError as error:
+                raise outer("Traceback ...\n  File ...\nOSError: wrapped by Ray") from error
+        except outer as error:
+            return error
+
+    class WorkerGroupError(Exception):
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors:\n...")
+            self.worker_failures = failures
+
+    both = WorkerGroupError({0: raised(RuntimeError), 1: raised(RuntimeError)})
+    assert failure_reason(both) == "OSError: [Errno 28] No space left on device"
+    assert failure_reason(ValueError("first\nlast")) == "ValueError: last"

@@ -166,3 +166,19 @@ def test_artifacts_are_stored_and_replaced(store):
     [(name, content_type, size, _)] = store.list_artifacts(job.id)
     assert (name, content_type, size) == ("views.png", "image/png", 6)
     assert store.artifact(job.id, "views.png").data == b"\x89PNG22"
+
+
+def test_a_failed_jobs_error_leads_with_the_drivers_reason(store):
+    """Ray's message ends in 20,000 characters of log, of which the service keeps the end; the
+    driver's one-line reason may lie before it (actors print after it): it comes first."""
+    job, _ = new_job(store)
+    sid = job.attempts[0].submission_id
+    store.mark_submitted(sid)
+    message = (
+        "Job entrypoint command failed with exit code 1, last available logs:\n"
+        f"ERROR trainer.driver: job {job.id} failed: OSError: [Errno 28] No space left on device\n"
+        + "(TrainController) Failed to stop PlacementGroupCleaner gracefully.\n" * 100
+    )
+    failed = store.update_attempt(sid, "failed", message=message)
+    assert failed.error.startswith("OSError: [Errno 28] No space left on device\n\n")
+    assert failed.error.endswith("gracefully.\n") and len(failed.error) < 3500

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from sqlalchemy import event
 from services import cli
 from services.routes.internal import MAX_ARTIFACT_BYTES
 from services.settings import Settings
+from services.store.tables import Job
 from tests.test_api import assert_problem, make_client, run_dir, submit, worker_auth
 
 
@@ -142,17 +144,32 @@ def test_artifacts_are_pictures_or_text_served_unsniffable(api):
 
 
 def test_an_artifact_over_the_limit_is_refused_while_it_streams(api):
+    """The body is read chunk by chunk with a running total: the upload is refused once the limit
+    is passed, not after the whole body was read into memory. Driven as an ASGI call, since the
+    test client would read the whole body before the app sees it."""
     job_id = submit(api).json()["id"]
-    sent = []
+    chunk, chunks_in_body = 1 << 20, 1024  # a 1 GiB body, of which the app may read 33 MiB
+    read = 0
 
-    def body():  # no Content-Length: the limit must hold on the stream itself
-        for _ in range(MAX_ARTIFACT_BYTES // (1 << 20) + 4):
-            sent.append(1)
-            yield b"\0" * (1 << 20)
+    async def receive():
+        nonlocal read
+        read += 1
+        return {"type": "http.request", "body": b"\0" * chunk, "more_body": read < chunks_in_body}
 
-    response = api.put(f"/internal/v1/jobs/{job_id}/artifacts/big.png", content=body(),
-                       headers={**worker_auth(job_id), "content-type": "image/png"})  # fmt: skip
-    assert_problem(response, 413, "limit")
+    answer = []
+
+    async def send(message):
+        answer.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in
+               {**worker_auth(job_id), "content-type": "image/png"}.items()]  # fmt: skip
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT",
+             "scheme": "http", "path": f"/internal/v1/jobs/{job_id}/artifacts/big.png",
+             "raw_path": b"", "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80), "state": {}}  # fmt: skip
+    anyio.run(api.app, scope, receive, send)
+    assert answer[0]["status"] == 413
+    assert read <= MAX_ARTIFACT_BYTES // chunk + 2, f"read {read} MiB of a 1 GiB body"
     assert api.get(f"/v1/jobs/{job_id}/artifacts").json() == []
     declared = api.put(
         f"/internal/v1/jobs/{job_id}/artifacts/big.png", content=b"x",
@@ -160,6 +177,38 @@ def test_an_artifact_over_the_limit_is_refused_while_it_streams(api):
                  "content-length": str(MAX_ARTIFACT_BYTES + 1)},
     )  # fmt: skip
     assert declared.status_code in (400, 413)
+
+
+def test_nul_characters_are_422_not_500(database_url, tmp_path):
+    """PostgreSQL text cannot hold NUL, nor even compare with it."""
+    with make_client(database_url, tmp_path) as api:
+        job_id = submit(api).json()["id"]
+        assert_problem(submit(api, name="a\x00b"), 422)
+        for path in ("/v1/jobs/job%00x", f"/v1/jobs/{job_id}/metrics?name=a%00",
+                     f"/v1/jobs/{job_id}/artifacts/a%00", "/v1/jobs?cursor=%00"):  # fmt: skip
+            assert_problem(api.get(path), 422)
+        body = {"job_id": job_id, "checkpoint": "a\x00"}
+        assert_problem(api.post("/v1/evaluations", json=body), 422)
+
+
+def test_evaluations_stored_by_an_older_release_are_still_served(database_url, tmp_path):
+    """A row written before today's bounds (a seed of 2**40) is shown as stored, not refused; a
+    default name built from a 200-character job name still fits its column."""
+    with make_client(database_url, tmp_path) as api:
+        job_id = submit(api, name="n" * 200).json()["id"]
+        body = {"name": "step-00000002", "step": 2, "epoch": 0,
+                "path": f"{run_dir(api, job_id)}/step-00000002"}  # fmt: skip
+        api.post(f"/internal/v1/jobs/{job_id}/checkpoints", json=body, headers=worker_auth(job_id))
+        created = api.post("/v1/evaluations", json={"job_id": job_id})
+        assert created.status_code == 202, created.text
+        evaluation_id = created.json()["id"]
+        store = api.app.state.service.store
+        with store._sessions.begin() as session:
+            row = session.get(Job, evaluation_id)
+            row.config = {**row.config, "seed": 2**40}
+        shown = api.get(f"/v1/evaluations/{evaluation_id}")
+        assert shown.status_code == 200 and shown.json()["config"]["seed"] == 2**40
+        assert api.get(f"/v1/jobs/{job_id}/evaluations").status_code == 200
 
 
 def test_list_and_get_never_read_the_logs(api):

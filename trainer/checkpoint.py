@@ -5,7 +5,7 @@ to disk, then renamed over the final name: a crash leaves either the previous ch
 one, never half of one. Files are named ``step-<8 digits>.pt`` so that the newest sorts last.
 
 Every checkpoint (and every other state file a worker reads back, such as the feature cache of
-``trainer.evaluate``) is read by ``load_state``: ``torch.load(..., weights_only=True)``, which builds
+``trainer.evaluate``) is read by ``load_checkpoint``: ``torch.load(..., weights_only=True)``, which builds
 only tensors, containers and plain Python values plus the few types in ``SAFE_GLOBALS``. A file that
 names any other class or function (a pickle that would run code when loaded) is refused with a
 ``CheckpointError`` before anything in it runs: whoever can write to the storage must not be able to
@@ -108,7 +108,7 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """What a state file written by ``torch.save`` holds, read with ``weights_only=True`` and
     ``SAFE_GLOBALS``. A missing file raises ``FileNotFoundError``; an unreadable one, or one that
     holds any other type (nothing in it is run), a ``CheckpointError`` naming the path."""
@@ -131,11 +131,6 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> An
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a checkpoint: {type(error).__name__}: {reason}"
         ) from None
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint (``load_state``); a missing or unreadable file is an error naming the path."""
-    return load_state(path, map_location)
 
 
 def rng_state() -> dict[str, Any]:

@@ -207,6 +207,23 @@ def run(spec: JobSpec):
     return result
 
 
+def failure_reason(error: BaseException) -> str:
+    """One line per distinct root error of a failed run: each worker's own (Ray Train's
+    ``WorkerGroupError.worker_failures``), else the controller's, each followed to the innermost
+    exception of its ``__cause__``/``__context__`` chain."""
+    failures = getattr(error, "worker_failures", None) or {}
+    errors = list(failures.values()) or [getattr(error, "controller_failure", error)]
+    reasons: list[str] = []
+    for failure in errors:
+        while (inner := failure.__cause__ or failure.__context__) is not None:
+            failure = inner
+        text = str(failure).strip().splitlines()
+        reason = f"{type(failure).__name__}: {text[-1] if text else ''}"
+        if reason not in reasons:
+            reasons.append(reason)
+    return "; ".join(reasons)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one training job on a Ray cluster.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -225,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         run(spec)
     except ConnectionError as error:
         parser.exit(3, f"error: {error}\n")
+    except Exception as error:
+        # Ray Train's message ends in a controller's or a worker's traceback: the job's reason,
+        # the error underneath, is said last in the log, where the service reads it
+        log.error("job %s failed", spec.job_id, exc_info=True)
+        log.error("job %s failed: %s", spec.job_id, failure_reason(error))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

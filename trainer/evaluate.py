@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_state, save_atomic
+from trainer.checkpoint import RAY_CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_atomic
 from trainer.config import DatasetConfig, LinearProbeConfig, SimCLRConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.data.datasets import InMemoryImages, build_dataset
@@ -50,10 +50,6 @@ log = logging.getLogger(__name__)
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or not a pretraining checkpoint."""
-
-
 def load_encoder(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, SimCLRConfig]:
@@ -64,8 +60,8 @@ def load_encoder(
     file = path / RAY_CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} not found (looked for {file})")
-    try:  # weights only (``trainer.checkpoint.load_state``): a file that would run code is refused
-        state = load_state(file, map_location="cpu")
+    try:  # weights only (``trainer.checkpoint.load_checkpoint``): a file that would run code is refused
+        state = load_checkpoint(file, map_location="cpu")
     except Exception as error:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"unreadable checkpoint: {error}") from None
     if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
@@ -178,7 +174,7 @@ def cached_features(
             save_atomic({"features": features, "labels": labels, "indices": indices}, parts[rank])
             _barrier()
             if rank == 0:
-                shards = [load_state(path) for path in parts]
+                shards = [load_checkpoint(path) for path in parts]
                 order = torch.cat([shard["indices"] for shard in shards]).argsort()
                 merged = {
                     key: torch.cat([shard[key] for shard in shards])[order]
@@ -193,7 +189,7 @@ def cached_features(
     _barrier()
     if rank != 0:
         return None
-    loaded = {split: load_state(file) for split, file in files.items()}
+    loaded = {split: load_checkpoint(file) for split, file in files.items()}
     return {split: (value["features"], value["labels"]) for split, value in loaded.items()}
 
 

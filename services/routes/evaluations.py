@@ -15,18 +15,22 @@ from services.schemas import EvaluationCreate, EvaluationOut
 from services.service import Service
 from services.store.store import NotFound
 from services.store.tables import Job
-from trainer.config import LinearProbeConfig, LinearProbeSettings
+from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
 
 router = APIRouter(prefix="/v1", tags=["evaluations"], dependencies=[Depends(require_api_token)])
 
 
 def evaluation_out(job: Job, service: Service) -> EvaluationOut:
-    config = LinearProbeConfig.model_validate(job.config)
-    settings = config.model_dump(mode="json", include=set(LinearProbeSettings.model_fields))
+    # as stored, not validated again: a row an older release wrote may break today's bounds
+    stored = job.config
+    config = LinearProbeConfig.model_construct(
+        **{**stored, "dataset": DatasetConfig.model_construct(**stored["dataset"])}
+    )
+    settings = {name: stored[name] for name in LinearProbeSettings.model_fields if name in stored}
     out = job_out(job, service)
     return EvaluationOut(
         id=job.id, job_id=config.source_job_id, checkpoint=config.checkpoint, status=out.status,
-        mode=config.resolved_mode, dataset=config.dataset.model_dump(mode="json"),
+        mode=config.resolved_mode, dataset=stored["dataset"],
         config=settings, resources=job.resources, attempts=out.attempts,
         result=job.result, error=job.error, created_at=out.created_at, updated_at=out.updated_at,
     )  # fmt: skip
@@ -65,7 +69,8 @@ def create_evaluation(
     )  # fmt: skip
     job = record_and_submit(
         service, response, background, body, kind="linear_probe",
-        name=body.name or f"linear probe of {source.name} at {checkpoint.name}", config=config,
+        name=body.name or f"linear probe of {source.name} at {checkpoint.name}"[:200],
+        config=config,
         resources=body.resources, max_attempts=None, idempotency_key=idempotency_key,
         location="/v1/evaluations", config_loc=(), source_job_id=source.id,
     )  # fmt: skip

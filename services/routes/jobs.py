@@ -17,6 +17,8 @@ from services.kinds import ConfigError, validate_config
 from services.routes.deps import ServiceDep
 from services.routes.internal import ARTIFACT_TYPES, media_type
 from services.schemas import (
+    MAX_INT32,
+    MAX_INT64,
     ArtifactOut,
     AttemptOut,
     CheckpointOut,
@@ -28,17 +30,13 @@ from services.schemas import (
     MetricOut,
 )
 from services.service import Service
-from services.store.store import NotFound
+from services.store.store import FINISHED_ATTEMPT_STATES, NotFound
 from services.store.tables import Job
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 
 PROBLEM = {"content": {"application/problem+json": {}}}
-# Bounds of integer query parameters: the database's INTEGER and BIGINT.
-MAX_INT = 2**31 - 1
-MAX_BIGINT = 2**63 - 1
 LOG_PAGE_CHARS = 1 << 20
-FINISHED_ATTEMPT_STATES = ("succeeded", "failed", "stopped", "lost")
 
 
 def job_out(job: Job, service: Service) -> JobOut:
@@ -172,7 +170,7 @@ def job_metrics(
     job_id: str,
     service: ServiceDep,
     name: Annotated[str | None, Query(max_length=64)] = None,
-    after_step: Annotated[int | None, Query(ge=-1, le=MAX_INT)] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=MAX_INT32)] = None,
 ) -> list[MetricOut]:
     """The job's metric history (``step``, ``epoch``, ``name``, ``value``), by step. A value is a
     number, or the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` when it is not finite."""
@@ -193,9 +191,9 @@ def job_logs(
     job_id: str,
     service: ServiceDep,
     attempt: Annotated[
-        int | None, Query(ge=1, le=MAX_INT, description="default: the latest")
+        int | None, Query(ge=1, le=MAX_INT32, description="default: the latest")
     ] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     limit: Annotated[int, Query(ge=1, le=LOG_PAGE_CHARS)] = LOG_PAGE_CHARS,
 ) -> LogsOut:
     """The Ray job's log of one attempt, as stored by the service: at most ``limit`` characters

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cance
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Attempt states in which Ray may still be running the job.
 LIVE_ATTEMPT_STATES = ("submitted", "pending", "running")
+# Attempt states after which Ray runs nothing more of it and its log no longer grows.
+FINISHED_ATTEMPT_STATES = ("succeeded", "failed", "stopped", "lost")
 # The newest characters of an attempt's log that are kept (older chunks are dropped whole, so up
 # to one chunk more may stay): 4 Mi characters, a day of a chatty job's log at 50 bytes/s.
 LOG_CAP_CHARS = 4 << 20
@@ -69,13 +72,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
-def _summarise(message: str, tail: int = 3000) -> str:
-    """Ray's message of a failed job: its first line and the end of the log it appends (where
-    the exception is), not the whole 20,000 characters."""
-    if len(message) <= tail + 200:
-        return message
-    first, _, rest = message.partition("\n")
-    return f"{first}\n...\n{rest[-tail:]}"
+def _summarise(job_id: str, message: str, tail: int = 3000) -> str:
+    """Ray's message of a failed job, shortened: the driver's own reason first (its last line
+    ``job <id> failed: <the error underneath>``, which Ray's actors may print past), then the
+    message's first line and the end of the log it appends, not the whole 20,000 characters."""
+    reasons = re.findall(rf"job {re.escape(job_id)} failed: (.+)", message)
+    if len(message) > tail + 200:
+        first, _, rest = message.partition("\n")
+        message = f"{first}\n...\n{rest[-tail:]}"
+    return f"{reasons[-1].strip()}\n\n{message}" if reasons else message
 
 
 class Store:
@@ -300,7 +305,7 @@ class Store:
                 attempt.state = state
                 if state == "running" and attempt.started_at is None:
                     attempt.started_at = utcnow()
-                if state in ("succeeded", "failed", "stopped", "lost"):
+                if state in FINISHED_ATTEMPT_STATES:
                     attempt.finished_at = utcnow()
             if job.status in TERMINAL or attempt is not job.attempts[-1]:
                 return job
@@ -313,7 +318,7 @@ class Store:
                 job.status = "running"
             elif state == "failed":
                 job.status = "failed"
-                job.error = _summarise(message or "the Ray job failed")
+                job.error = _summarise(job.id, message or "the Ray job failed")
             elif state == "stopped":
                 job.status = "cancelled"
                 job.error = "the Ray job was stopped outside the service"
@@ -334,6 +339,7 @@ class Store:
         ``LOG_CAP_CHARS`` characters (a chunk longer than the cap keeps only its end)."""
         if not text:
             return
+        text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; SQLite stops at it
         end = attempt.log_size + len(text)
         kept = text[-LOG_CAP_CHARS:]
         session.add(AttemptLog(attempt_id=attempt.id, start=end - len(kept), text=kept))
@@ -387,11 +393,15 @@ class Store:
         attempt repeats the steps after its checkpoint) replaces the earlier one. A NaN value is
         stored as NULL (SQLite cannot keep NaN); infinities as they are."""
         now = utcnow()
-        rows = [
-            {"job_id": job_id, "recorded_at": now, **point,
-             "value": None if math.isnan(point["value"]) else point["value"]}
+        # one row per (name, step), the last reported winning: PostgreSQL refuses to upsert the
+        # same row twice in one statement (a resumed run's metrics.jsonl repeats steps)
+        rows = list({
+            (point["name"], point["step"]): {
+                "job_id": job_id, "recorded_at": now, **point,
+                "value": None if math.isnan(point["value"]) else point["value"],
+            }
             for point in points
-        ]  # fmt: skip
+        }.values())  # fmt: skip
         if not rows:
             return 0
         self.get_job(job_id)
