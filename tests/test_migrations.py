@@ -82,9 +82,7 @@ def snapshot(engine: sa.Engine) -> dict[str, list[dict[str, Any]]]:
         return {
             table.name: [
                 dict(row._mapping)
-                for row in connection.execute(
-                    sa.select(table).order_by(*table.primary_key.columns)
-                )
+                for row in connection.execute(sa.select(table).order_by(*table.primary_key.columns))
             ]
             for table in metadata.sorted_tables
             if table.name != "alembic_version"
@@ -107,14 +105,20 @@ MOVED: dict[tuple[str, str], Callable[[dict, dict], Any]] = {
 def assert_kept(before: dict, after: dict) -> None:
     for table, rows in before.items():
         assert table in after, f"table {table} was dropped with its {len(rows)} rows"
-        assert len(after[table]) == len(rows), f"{table}: {len(rows)} rows became {len(after[table])}"
+        assert len(after[table]) == len(rows), (
+            f"{table}: {len(rows)} rows became {len(after[table])}"
+        )
         for old, new in zip(rows, after[table], strict=True):
             for column, value in old.items():
                 if column in new:
-                    assert new[column] == value, f"{table}.{column}: {value!r} became {new[column]!r}"
+                    assert new[column] == value, (
+                        f"{table}.{column}: {value!r} became {new[column]!r}"
+                    )
                 else:
                     assert (table, column) in MOVED, f"{table}.{column} was dropped with its data"
-                    assert MOVED[table, column](after, new) == value, f"{table}.{column} moved wrong"
+                    assert MOVED[table, column](after, new) == value, (
+                        f"{table}.{column} moved wrong"
+                    )
 
 
 def assert_no_dangling_references(engine: sa.Engine) -> None:

@@ -177,7 +177,8 @@ def test_a_failed_jobs_error_leads_with_the_drivers_reason(store):
     message = (
         "Job entrypoint command failed with exit code 1, last available logs:\n"
         f"ERROR trainer.driver: job {job.id} failed: OSError: [Errno 28] No space left on device\n"
-        + "(TrainController) Failed to stop PlacementGroupCleaner gracefully.\n" * 100
+        + "(TrainController) Failed to stop PlacementGroupCleaner gracefully.\n"
+        * 100
     )
     failed = store.update_attempt(sid, "failed", message=message)
     assert failed.error.startswith("OSError: [Errno 28] No space left on device\n\n")
