@@ -45,6 +45,8 @@ CONCURRENCY = (1, 16, 64)
 
 def serve(database_url: str, port: int) -> None:
     """The service with the no-op dispatcher and no reconciler (run in a subprocess)."""
+    import gc
+
     import uvicorn
 
     from services.app import create_app
@@ -53,6 +55,7 @@ def serve(database_url: str, port: int) -> None:
 
     settings = Settings(database_url=database_url, port=port, storage_path=tempfile.mkdtemp())
     app = create_app(settings, NoopDispatcher(), reconcile=False)
+    gc.freeze()  # as `simclr serve` does
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

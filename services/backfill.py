@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.schemas import MetricPointIn
+from services.schemas import MAX_INT32, MetricPointIn
 from services.store.store import Store
 from trainer.control_plane import INDEX_FIELDS
 
@@ -97,13 +97,14 @@ def backfill(store: Store, job_id: str, run_dir: str, keep: int | None) -> None:
         and (registered is None or child.name in registered)
     )
     for step, name in found:
-        if name in known:
+        if name in known or step > MAX_INT32:
             continue
         row = rows.get(step, {})
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float | str | bool)}
         epoch = row.get("epoch", 0)
         store.add_checkpoint(
-            job_id, name=name, step=step, epoch=int(epoch) if _finite(epoch) else 0,
+            job_id, name=name, step=step,
+            epoch=int(epoch) if _finite(epoch) and 0 <= epoch <= MAX_INT32 else 0,
             path=f"{run_dir}/{name}", metrics=metrics, keep=keep,
         )  # fmt: skip
         log.info("job %s: checkpoint %s recovered from the storage", job_id, name)
