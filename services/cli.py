@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> None:
     app = create_app(settings)
     # what is alive now (modules, routes, models) lives as long as the process: kept out of the
     # collector's scans, whose full passes otherwise stall requests for tens of ms
-    # (docs/benchmarks.md: p99 of a job list at one client 62-76 ms -> 9-14 ms)
+    # (docs/benchmarks.md: p99 of a job list at one client, back to back, 62-76 ms -> 9-11 ms)
     gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 

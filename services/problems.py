@@ -54,7 +54,7 @@ class RefuseNul:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (
             "\x00" in scope["path"]
-            or b"%00" in scope["query_string"].lower()
+            or b"%00" in scope["query_string"]
             or b"\x00" in scope["query_string"]
         ):
             response = problem(422, "the path or query holds a NUL character",

@@ -236,7 +236,7 @@ def test_an_ended_attempt_completes_the_record_from_the_storage(store, tmp_path)
     rows = [{"step": s, "epoch": s // 4, "time": 1.0, "loss": 6.0 - s / 10, "lr": 0.1}
             for s in range(2, 10, 2)] + [{"step": 10, "epoch": 2, "loss": float("nan")}]  # fmt: skip
     run.mkdir()
-    resumed = [{"step": 6, "epoch": 1, "loss": 5.4, "lr": 0.1}]  # a resumed attempt repeats step 6
+    resumed = [{"step": 6, "epoch": 1, "loss": 5.0, "lr": 0.1}]  # a resumed attempt repeats step 6
     malformed = ["{}", '{"epoch": 1}', '{"step": null, "loss": 1}', '{"step": 1e999}', "[1]"]
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps(row) + "\n" for row in rows + resumed)
@@ -247,13 +247,15 @@ def test_an_ended_attempt_completes_the_record_from_the_storage(store, tmp_path)
         (run / f"step-{step:08d}").mkdir()
         (run / f"step-{step:08d}" / "state.pt").write_bytes(b"weights")
     (run / "step-00000006").mkdir()  # no state.pt: an unfinished checkpoint
+    (run / "step-9999999999").mkdir()  # a step beyond the database's integers: skipped
+    (run / "step-9999999999" / "state.pt").write_bytes(b"weights")
     ray.jobs[sid] = "succeeded"
     reconciler.run_once()
     assert store.get_job(job.id).status == "succeeded"
     points = store.list_metrics(job.id)
     assert len(points) == 2 * 4 + 1 and {p.step for p in points} == {2, 4, 6, 8, 10}
     assert [p.value for p in points if p.step == 10] == [None]  # NaN, stored as NULL
-    assert [p.value for p in points if p.step == 6 and p.name == "loss"] == [5.4]  # the last
+    assert [p.value for p in points if p.step == 6 and p.name == "loss"] == [5.0]  # the last
     assert [c.name for c in store.list_checkpoints(job.id)] == ["step-00000004", "step-00000008"]
     latest = store.checkpoint(job.id, "latest")
     assert latest.name == "step-00000008" and latest.path == f"{run}/step-00000008"

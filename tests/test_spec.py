@@ -67,24 +67,27 @@ def test_driver_cli_reports_a_missing_spec_file():
     assert result.returncode != 0 and "job spec not found" in result.stderr
 
 
-def test_a_failed_runs_reason_is_the_error_underneath_each_workers_failure():
-    """What the driver says last when a run fails: each worker's innermost error, once."""
+def test_a_failed_runs_reason_is_each_workers_own_error():
+    """What the driver says last when a run fails: each worker's error as Ray Train hands it back
+    (a ``WorkerGroupError`` that crossed a pickle, so chained causes are gone), once each; a
+    controller's error; and an error's innermost cause where the chain survives."""
+    import pickle
+
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
     from trainer.driver import failure_reason
 
-    def raised(outer: type[Exception]) -> Exception:
+    full = OSError(28, "No space left on device")
+    failures = {0: full, 1: OSError(28, "No space left on device"), 2: ValueError("bad\nlast")}
+    workers = pickle.loads(pickle.dumps(WorkerGroupError("rank 0: ...", failures)))
+    assert failure_reason(workers) == (
+        "OSError: [Errno 28] No space left on device; ValueError: last"
+    )
+    assert failure_reason(ControllerError(full)) == "OSError: [Errno 28] No space left on device"
+    try:
         try:
-            try:
-                raise OSError(28, "No space left on device")
-            except OSError as error:
-                raise outer("Traceback ...\n  File ...\nOSError: wrapped by Ray") from error
-        except outer as error:
-            return error
-
-    class WorkerGroupError(Exception):
-        def __init__(self, failures):
-            super().__init__("Training failed due to worker errors:\n...")
-            self.worker_failures = failures
-
-    both = WorkerGroupError({0: raised(RuntimeError), 1: raised(RuntimeError)})
-    assert failure_reason(both) == "OSError: [Errno 28] No space left on device"
-    assert failure_reason(ValueError("first\nlast")) == "ValueError: last"
+            raise full
+        except OSError as error:
+            raise RuntimeError("Traceback ...\nOSError: wrapped") from error
+    except RuntimeError as chained:
+        assert failure_reason(chained) == "OSError: [Errno 28] No space left on device"
