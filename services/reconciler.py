@@ -106,7 +106,10 @@ class Reconciler:
     def run_once(self) -> None:
         """One pass: submit new attempts, follow live ones, each in isolation."""
         for attempt in self.store.attempts_in(["new"]):
-            self._isolated(self.submit, attempt.submission_id)
+            try:
+                self.submit(attempt.submission_id)
+            except Exception:
+                log.exception("submitting %s failed; trying again next pass", attempt.submission_id)
         for attempt in self.store.attempts_in(LIVE_ATTEMPT_STATES):
             try:
                 self.follow(attempt.submission_id)
@@ -118,13 +121,6 @@ class Reconciler:
                 continue
             except Exception:
                 log.exception("following %s failed; trying again next pass", attempt.submission_id)
-
-    @staticmethod
-    def _isolated(step: Callable[[str], None], submission_id: str) -> None:
-        try:
-            step(submission_id)
-        except Exception:
-            log.exception("%s of %s failed; trying again next pass", step.__name__, submission_id)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -21,6 +21,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from trainer.data.confine import is_under, real_roots
+
 STATE_DIR = Path(".simclr")
 
 
@@ -109,10 +111,11 @@ class Settings(BaseSettings):
         protected = [self.state_dir, self.sqlite_dir]
         if "://" not in self.storage_path:
             protected.append(Path(self.storage_path))
-        for root in self.resolved_data_roots:
-            for path in filter(None, protected):
-                path = Path(os.path.realpath(path))
-                if path.is_relative_to(root):
+        roots = real_roots(self.data_roots)
+        for path in filter(None, protected):
+            path = Path(os.path.realpath(path))
+            for root in roots:
+                if is_under(path, (root,)):
                     raise ValueError(
                         f"data root {root} holds the service's state at {path} (its secret, "
                         "database or job storage): set SIMCLR_DATA_ROOTS to the directories that "
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
     @property
     def resolved_data_roots(self) -> list[str]:
         """The data roots with every symlink resolved: what workers check each path against."""
-        return [os.path.realpath(root) for root in self.data_roots]
+        return [str(root) for root in real_roots(self.data_roots)]
 
     @property
     def sqlite_dir(self) -> Path | None:

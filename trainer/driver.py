@@ -63,7 +63,10 @@ def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.get_dataset_shard("train"), stream["images"], spec.config.batch_size,
             session.world_size, stream["start_step"], index_log,
         )  # fmt: skip
-    run_simclr(spec.config, session, progress=False, source=source, dataset=dataset)
+    try:
+        run_simclr(spec.config, session, progress=False, source=source, dataset=dataset)
+    finally:
+        session.close()  # deliver what is pending, also when the run failed
 
 
 def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
@@ -99,7 +102,10 @@ def generative_worker_loop(loop_config: dict[str, Any]) -> None:
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
     session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    run_generative(spec.kind, spec.config, session, progress=False, roots=spec.data_roots)
+    try:
+        run_generative(spec.kind, spec.config, session, progress=False, roots=spec.data_roots)
+    finally:
+        session.close()  # deliver what is pending, also when the run failed
 
 
 WORKER_LOOPS = {

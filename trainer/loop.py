@@ -74,26 +74,7 @@ def run_simclr(
     steps in this call, whichever comes first. Batches come from ``source`` (the Ray Data stream of a
     Ray job), else from ``config.dataset`` by its ``loader`` (``trainer.data.sources``); ``dataset``
     replaces the images that config names (images already in memory: a benchmark's split) while
-    ``config.dataset`` still sets the view size. The session is closed at the end (``close``:
-    pending reports are delivered), also when the run fails."""
-    try:
-        return _run_simclr(
-            config, session, stop_after=stop_after, progress=progress, dataset=dataset,
-            source=source,
-        )  # fmt: skip
-    finally:
-        session.close()
-
-
-def _run_simclr(
-    config: SimCLRConfig,
-    session: TrainingSession,
-    *,
-    stop_after: int | None,
-    progress: bool,
-    dataset: Dataset | None,
-    source: BatchSource | None,
-) -> RunResult:
+    ``config.dataset`` still sets the view size."""
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")

@@ -42,10 +42,6 @@ class TrainingSession(Protocol):
     def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
         """Keep a file for people to look at (a plot, a sample grid); rank 0 only."""
 
-    def close(self) -> None:
-        """The run is over (finished or failed): deliver what is still pending (rank 0's reports to
-        the service), for a bounded time. Never raises; the loop calls it once, on every rank."""
-
 
 class LocalSession:
     """One process: checkpoints in ``<output_dir>/checkpoints``, metrics in ``metrics.jsonl``,
@@ -82,6 +78,3 @@ class LocalSession:
     def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / name).write_bytes(data)
-
-    def close(self) -> None:
-        """Nothing is pending: every file is written when it is reported."""

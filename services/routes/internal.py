@@ -88,10 +88,10 @@ async def put_artifact(
     too_large = HTTPException(413, f"artifact {name!r}: the limit is {MAX_ARTIFACT_BYTES} bytes")
     if content_length is not None and content_length > MAX_ARTIFACT_BYTES:
         raise too_large
+    await run_in_threadpool(_open_job, service, job_id)  # before reading what may be 32 MiB
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_ARTIFACT_BYTES:
             raise too_large
-    await run_in_threadpool(_open_job, service, job_id)
     await run_in_threadpool(service.store.put_artifact, job_id, name, kind, bytes(data))

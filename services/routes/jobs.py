@@ -201,9 +201,9 @@ def job_logs(
     ``offset`` in the answer is later than the one asked for when older text was dropped."""
     try:
         chosen, start, text = service.store.read_log(job_id, attempt, offset, limit)
-    except LookupError as error:
-        if isinstance(error, NotFound):
-            raise
+    except NotFound:
+        raise
+    except LookupError as error:  # the job has no such attempt
         raise ConfigError(
             [{"loc": ("query", "attempt"), "type": "attempt", "msg": str(error)}]
         ) from None

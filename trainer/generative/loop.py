@@ -103,26 +103,8 @@ def run_generative(
     progress: bool = True,
     roots: Sequence[str] | None = None,
 ) -> GenerativeRun:
-    """Train (or resume) ``kind`` until ``config.steps`` or ``stop_after`` steps in this call. The
-    session is closed at the end (``close``: pending reports are delivered), also on a failure.
+    """Train (or resume) ``kind`` until ``config.steps`` or ``stop_after`` steps in this call.
     ``roots``: the directories image data must resolve under (the job spec's ``data_roots``)."""
-    try:
-        return _run_generative(
-            kind, config, session, stop_after=stop_after, progress=progress, roots=roots
-        )
-    finally:
-        session.close()
-
-
-def _run_generative(
-    kind: str,
-    config: TrainingConfig,
-    session: TrainingSession,
-    *,
-    stop_after: int | None,
-    progress: bool,
-    roots: Sequence[str] | None,
-) -> GenerativeRun:
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
