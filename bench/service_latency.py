@@ -2,9 +2,9 @@
 
     python -m bench.service_latency [--seconds 8] [--postgres-url URL]
 
-The service runs in its own process on loopback (uvicorn, one process) with the dispatcher
-replaced by the no-op one and the reconciler off, so what is measured is the API and its
-database. For SQLite (a file) and PostgreSQL (a fresh schema), at 1, 16 and 64 concurrent
+The service runs on loopback as ``simclr serve`` runs it (its default number of API processes;
+``--workers N`` to choose), with the dispatcher replaced by the no-op one and the reconciler
+off, so what is measured is the API and its database. For SQLite (a file) and PostgreSQL (a fresh schema), at 1, 16 and 64 concurrent
 clients (closed loop, ``wrk``, a C load generator: ``apt-get install wrk``): p50/p99 latency and
 requests/s of ``POST /v1/jobs`` and ``GET /v1/jobs/{id}``, and of ``GET /healthz`` (the HTTP stack
 alone: the floor). Then 2,000 concurrent submits with idempotency keys (1,000 keys, each sent
@@ -43,20 +43,23 @@ CONFIG = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max
 CONCURRENCY = (1, 16, 64)
 
 
-def serve(database_url: str, port: int) -> None:
-    """The service with the no-op dispatcher and no reconciler (run in a subprocess)."""
-    import gc
-
-    import uvicorn
-
-    from services.app import create_app
-    from services.dispatcher import NoopDispatcher
+def serve(database_url: str, port: int, workers: int | None) -> None:
+    """The service as ``simclr serve`` runs it, with the no-op dispatcher and no reconciler."""
+    from services.server import serve
     from services.settings import Settings
 
-    settings = Settings(database_url=database_url, port=port, storage_path=tempfile.mkdtemp())
-    app = create_app(settings, NoopDispatcher(), reconcile=False)
-    gc.freeze()  # as `simclr serve` does
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    options = {"workers": workers} if workers else {}
+    storage = f"{tempfile.mkdtemp()}/runs"
+    settings = Settings(database_url=database_url, port=port, storage_path=storage, **options)
+    serve(settings, app="bench.service_latency:app", local_head=False)
+
+
+def app():
+    """uvicorn's factory in each of the service's processes."""
+    from services import server
+    from services.dispatcher import NoopDispatcher
+
+    return server.app(NoopDispatcher(), reconcile=False)
 
 
 async def load(
@@ -164,20 +167,13 @@ def fill(database_url: str, jobs: int, log_mb: float) -> None:
 
 
 def bench_service(
-    label: str, database_url: str, seconds: int, list_jobs: int = 0, log_mb: float = 1.0
-) -> list[str]:
+    label: str, database_url: str, seconds: int, list_jobs: int = 0, log_mb: float = 1.0,
+    workers: int | None = None,
+) -> list[str]:  # fmt: skip
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.service_latency",
-            "--serve",
-            database_url,
-            "--port",
-            str(port),
-        ]
-    )
+    command = [sys.executable, "-m", "bench.service_latency", "--serve", database_url,
+               "--port", str(port)] + (["--workers", str(workers)] if workers else [])  # fmt: skip
+    server = subprocess.Popen(command)
     base = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -284,6 +280,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get(
         "SIMCLR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))  # fmt: skip
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--workers", type=int, help="API processes (default: simclr serve's)")
     parser.add_argument(
         "--list-jobs",
         type=int,
@@ -293,18 +290,23 @@ def main() -> None:
     parser.add_argument("--log-mb", type=float, default=1.0, help="each listed job's log")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.port, args.workers)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark needs wrk, a C load generator: apt-get install wrk")
-    print(f"{os.cpu_count()} cores; {args.seconds} s per wrk run\n")
+    from services.settings import Settings
+
+    workers = args.workers or Settings().workers
+    print(f"{os.cpu_count()} cores; {workers} API process(es); {args.seconds} s per wrk run\n")
     rows = ["| requests | n | p50 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as scratch:
         rows += bench_service("SQLite", f"sqlite:///{scratch}/bench.db", args.seconds,
-                              args.list_jobs, args.log_mb)  # fmt: skip
+                              args.list_jobs, args.log_mb, args.workers)  # fmt: skip
     url, drop = postgres_schema(args.postgres_url)
     try:
-        rows += bench_service("PostgreSQL", url, args.seconds, args.list_jobs, args.log_mb)
+        rows += bench_service(
+            "PostgreSQL", url, args.seconds, args.list_jobs, args.log_mb, args.workers
+        )
     finally:
         drop()
     if not args.skip_ray:

@@ -1,6 +1,6 @@
 """``simclr``: run the service, and a thin client of its REST API.
 
-    simclr serve [--host HOST] [--port PORT]
+    simclr serve [--host HOST] [--port PORT] [--workers N] [--access-log]
     simclr submit KIND --config FILE [--workers N] [--follow]
     simclr jobs [--status S] [--kind K]
     simclr get ID | logs ID [--follow] | cancel ID | retry ID
@@ -27,19 +27,16 @@ from trainer.config import read_mapping
 
 
 def serve(args: argparse.Namespace) -> None:
-    import gc
     import logging
 
-    import uvicorn
     from pydantic import ValidationError
 
-    from services.app import create_app
+    from services.server import configure_logging, serve
     from services.settings import Settings
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    overrides = {"host": args.host, "port": args.port, "insecure": args.insecure or None}
+    configure_logging()
+    overrides = {"host": args.host, "port": args.port, "insecure": args.insecure or None,
+                 "workers": args.workers, "access_log": args.access_log or None}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
@@ -50,12 +47,7 @@ def serve(args: argparse.Namespace) -> None:
             "INSECURE: the API on %s:%d takes requests without a token from anyone who reaches it",
             settings.host, settings.port,
         )  # fmt: skip
-    app = create_app(settings)
-    # what is alive now (modules, routes, models) lives as long as the process: kept out of the
-    # collector's scans, whose full passes otherwise stall requests for tens of ms
-    # (docs/benchmarks.md: p99 of a job list at one client, back to back, 62-76 ms -> 9-11 ms)
-    gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    serve(settings)
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -142,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow listening beyond loopback without SIMCLR_API_TOKEN (logged as a warning)",
     )
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int,
+                   help="API processes (default SIMCLR_WORKERS, or one per CPU up to 4)")  # fmt: skip
+    p.add_argument("--access-log", action="store_true", help="log a line per request")
     p = commands.add_parser("submit", help="submit a job")
     p.add_argument("kind")
     p.add_argument("--config", required=True, help="YAML or JSON file of the kind's config")

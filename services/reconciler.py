@@ -8,6 +8,11 @@ resumes the same Ray Train run from its latest checkpoint, until the job's ``max
 Because every step starts from the database, a restarted service adopts running jobs and
 dispatches queued ones without special cases.
 
+Only the process holding the database's leader lock (``services.leader``) runs the passes, however
+many API processes share the database; any process may still submit a job it just recorded, or
+follow one it was asked to cancel (Ray takes a submission id once; attempt rows are locked while
+written).
+
 Each attempt is handled in isolation: an error with one (a row an older release wrote, a storage
 that cannot be read) is logged and that attempt is tried again next pass, while every other job
 is followed as usual; an attempt that can never be submitted (its stored config no longer
@@ -18,6 +23,7 @@ validates) fails its job with the reason. When an attempt ends, what its run lef
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -25,6 +31,7 @@ from pydantic import ValidationError
 
 from services.backfill import backfill
 from services.dispatcher import Dispatcher, DispatchError
+from services.leader import Alone, LeaderLock
 from services.store.store import (
     FINISHED_ATTEMPT_STATES,
     LIVE_ATTEMPT_STATES,
@@ -46,12 +53,16 @@ class Reconciler:
         dispatcher: Dispatcher,
         interval_s: float = 2.0,
         run_dir: Callable[[str], str] | None = None,
+        leader: LeaderLock | None = None,
     ):
         """``run_dir(job_id)``: the job's run directory on the storage, read back when an
-        attempt ends; None reads nothing."""
+        attempt ends; None reads nothing. ``leader``: the lock a process must hold to run the
+        passes; None: this process is the only one."""
         self.store = store
         self.dispatcher = dispatcher
         self.run_dir = run_dir
+        self.leader = leader or Alone()
+        self.leading = False
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,10 +136,19 @@ class Reconciler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self._lead()
+                if self.leading:
+                    self.run_once()
             except Exception:  # one bad pass must not end reconciliation
                 log.exception("reconciliation pass failed")
             self._stop.wait(self.interval_s)
+        self.leader.release()
+
+    def _lead(self) -> None:
+        leading = self.leader.held()
+        if leading != self.leading:
+            log.info("process %d %s the reconciler", os.getpid(), "runs" if leading else "left")
+        self.leading = leading
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)

@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 
 from services.dispatcher import Dispatcher, RayDispatcher
+from services.leader import leader_lock
 from services.ray_head import LocalRayHead, start_head
 from services.reconciler import Reconciler
 from services.settings import Settings
@@ -50,7 +51,7 @@ class Service:
     ) -> Service:
         """Migrate the database, start or attach to Ray, start reconciling."""
         settings = settings.model_copy(update={"internal_token": internal_token(settings)})
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.request_threads)
         migrate(engine)
         store = Store(engine)
         head = None
@@ -61,7 +62,7 @@ class Service:
                 address = head.dashboard_url
             dispatcher = RayDispatcher(address, settings)
         reconciler = Reconciler(
-            store, dispatcher, settings.reconcile_interval_s, run_dir=settings.run_dir
+            store, dispatcher, settings.reconcile_interval_s, settings.run_dir, leader_lock(engine)
         )
         if reconcile:
             reconciler.start()

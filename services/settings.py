@@ -40,6 +40,25 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default_factory=lambda: min(4, len(os.sched_getaffinity(0))),
+        ge=1,
+        le=64,
+        description="API processes (one reconciles, elected by a lock in the database); default "
+        "one per CPU this process may use, at most 4; 1 for an in-memory database",
+    )
+    access_log: bool = Field(
+        default=False,
+        description="log a line per request (uvicorn's access log); request latencies by route "
+        "are always on /metrics",
+    )
+    request_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="threads per API process that run requests (each with a database "
+        "connection); more threads than cores contend for Python's lock and raise the p99",
+    )
     database_url: str = Field(
         default=f"sqlite:///{STATE_DIR / 'simclr.db'}",
         description="SQLAlchemy URL; postgresql+psycopg://user@host/db in production",
@@ -95,6 +114,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_process_for_memory(self) -> Settings:
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            if self.workers > 1 and "workers" in self.model_fields_set:
+                raise ValueError(
+                    f"workers={self.workers} with an in-memory database: each process would have "
+                    "its own; use a database file or PostgreSQL, or one worker"
+                )
+            self.workers = 1
+        return self
 
     @model_validator(mode="after")
     def _no_open_api_beyond_loopback(self) -> Settings:

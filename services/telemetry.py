@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -24,15 +26,23 @@ class JobsByStatus:
 
 
 class Telemetry:
+    """``registry`` is what ``/metrics`` exposes. Under several API processes
+    (``PROMETHEUS_MULTIPROC_DIR`` set by ``services.server``) each process writes its histogram
+    to that directory and a scrape sums every process's files."""
+
     def __init__(self, counts: Callable[[], dict[str, int]]):
-        self.registry = CollectorRegistry()
+        own = CollectorRegistry()
         self.latency = Histogram(
             "simclr_http_request_duration_seconds",
             "API request latency",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.registry = own
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry)
         self.registry.register(JobsByStatus(counts))
 
 

@@ -8,7 +8,9 @@ this test for free; one that moves a column's data elsewhere says where in ``MOV
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -194,3 +196,24 @@ def test_a_restarted_service_keeps_its_jobs_attempts_and_what_workers_reported(t
     assert store.read_log("job-1", None, 0, 100)[1:] == (0, "step 1\n")
     assert store.request_cancel("job-1").status == "cancelling"
     engine.dispose()
+
+
+def test_processes_that_start_together_migrate_one_at_a_time(database_url):
+    """Several API processes or replicas starting at once on a new database: one migrates, the
+    others wait for it and find the schema at head."""
+    engines = [make_engine(database_url) for _ in range(3)]
+    start = threading.Barrier(len(engines))
+
+    def start_up(engine: sa.Engine) -> None:
+        start.wait()
+        migrate(engine)
+
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            list(pool.map(start_up, engines))  # re-raises what any of them raised
+        with engines[0].connect() as connection:
+            version = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert [row[0] for row in version] == [revisions()[-1]]
+    finally:
+        for engine in engines:
+            engine.dispose()

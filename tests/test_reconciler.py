@@ -198,7 +198,7 @@ def test_one_poisoned_job_does_not_stop_the_others(store):
     before = create(store)
     poisoned = create(store)
     after = create(store)
-    with store._sessions.begin() as session:
+    with store._writes.begin() as session:
         session.execute(
             update(Job).where(Job.id == poisoned.id).values(config={**CONFIG, "retired": 1})
         )

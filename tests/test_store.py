@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import delete, event
 
-from services.store.db import migrate
+from services.store.db import make_engine, migrate
 from services.store.store import Conflict, NotFound, Store
-from services.store.tables import Base
+from services.store.tables import AttemptLog, Base
 
 
 def new_job(store: Store, **overrides):
@@ -183,3 +184,30 @@ def test_a_failed_jobs_error_leads_with_the_drivers_reason(store):
     failed = store.update_attempt(sid, "failed", message=message)
     assert failed.error.startswith("OSError: [Errno 28] No space left on device\n\n")
     assert failed.error.endswith("gracefully.\n") and len(failed.error) < 3500
+
+
+def test_a_log_page_read_while_the_cap_drops_its_first_chunk_agrees_with_its_offset(store):
+    """The page's text is what the log holds at the offset it names, even when the chunk it
+    started in is dropped between the reader's two queries (PostgreSQL reads each anew)."""
+    job, _ = new_job(store)
+    submission = job.attempts[0].submission_id
+    log = "a" * 100 + "b" * 100
+    store.update_attempt(submission, "running", None, log[:100])
+    store.update_attempt(submission, "running", None, log)
+    other = make_engine(store.engine.url.render_as_string(hide_password=False))
+    dropped = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def drop_first_chunk(connection, cursor, statement, parameters, context, executemany):
+        if not dropped and "ORDER BY attempt_logs.start" in statement:  # the second read
+            with other.begin() as writer:
+                writer.execute(delete(AttemptLog).where(AttemptLog.start == 0))
+            dropped.append(True)
+
+    try:
+        _, start, text = store.read_log(job.id, None, 0, 1000)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", drop_first_chunk)
+        other.dispose()
+    assert dropped
+    assert text and text == log[start : start + len(text)]

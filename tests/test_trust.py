@@ -203,7 +203,7 @@ def test_evaluations_stored_by_an_older_release_are_still_served(database_url, t
         assert created.status_code == 202, created.text
         evaluation_id = created.json()["id"]
         store = api.app.state.service.store
-        with store._sessions.begin() as session:
+        with store._writes.begin() as session:
             row = session.get(Job, evaluation_id)
             row.config = {**row.config, "seed": 2**40}
         shown = api.get(f"/v1/evaluations/{evaluation_id}")

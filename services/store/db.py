@@ -6,18 +6,21 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+
+from services.leader import lock_key
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``. SQLite (the embedded default) gets its directory created, WAL
-    journaling and a busy timeout, so concurrent requests wait for the writer instead of failing."""
+def make_engine(url: str, request_threads: int = 8) -> Engine:
+    """An engine for ``url`` with a connection for each of ``request_threads`` and for the
+    reconciler, its leader lock and the tasks run after a response. SQLite (the embedded default)
+    gets its directory created, WAL journaling and a busy timeout, so concurrent requests wait
+    for the writer instead of failing."""
     parsed = make_url(url)
-    # As many connections as request threads (anyio's default pool is 40): none waits for one.
-    pool = {"pool_size": 20, "max_overflow": 20, "pool_pre_ping": True}
+    pool = {"pool_size": request_threads + 4, "max_overflow": 4, "pool_pre_ping": True}
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, **pool)
     if parsed.database and parsed.database != ":memory:":
@@ -47,7 +50,8 @@ class MigrationError(RuntimeError):
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the database's schema to ``revision`` (Alembic ``upgrade``), keeping every row.
+    """Bring the database's schema to ``revision`` (Alembic ``upgrade``), keeping every row; one
+    process at a time.
 
     On SQLite, Alembic's batch mode rebuilds a table (copy, DROP the original, rename the copy);
     with foreign keys enforced, that DROP deletes every row referencing the table through
@@ -71,8 +75,15 @@ def _run(engine: Engine, alembic_command) -> None:
             connection.commit()
         try:
             with connection.begin():
+                # one migration at a time (several API processes or replicas start together):
+                # the database's write lock on SQLite, a transaction-scoped advisory lock on
+                # PostgreSQL; whoever comes second finds the schema migrated and does nothing
                 if sqlite:  # pysqlite starts no transaction before DDL: make it all one
-                    connection.exec_driver_sql("BEGIN")
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+                    key = lock_key(f"migrate:{schema}")
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
                 config.attributes["connection"] = connection
                 alembic_command(config)
                 if sqlite:

@@ -1,0 +1,90 @@
+"""``simclr serve``: the API in ``settings.workers`` uvicorn processes over one database.
+
+The parent prepares what must exist once before any worker starts: the internal token, the
+database's schema (migrated here, so workers never race to migrate) and, for the embedded
+default, the local Ray head (one per service, stopped when the parent exits). It then hands the
+listening socket to uvicorn's supervisor, which starts the workers, restarts one that dies, and
+stops them all on SIGINT or SIGTERM. Each worker builds the app from the settings the parent
+resolved (passed in its environment, readable by this user only) and runs a reconciler that acts
+only while it holds the leader lock (``services.leader``). With several workers, the latency
+histograms are kept in files under the state directory (Prometheus's multiprocess mode) so that
+``/metrics`` reports every worker's requests, whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.app import create_app
+from services.dispatcher import Dispatcher
+from services.ray_head import start_head
+from services.service import internal_token
+from services.settings import Settings
+from services.store.db import make_engine, migrate
+
+SETTINGS_ENV = "SIMCLR_SERVE_SETTINGS"
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger("simclr.serve")
+
+
+def serve(settings: Settings, app: str = "services.server:app", local_head: bool = True) -> None:
+    """Serve ``app`` (an import path to a factory of the app, reading ``worker_settings()``)
+    until SIGINT or SIGTERM. ``local_head=False``: never start a Ray head (an app that brings its
+    own dispatcher, as the benchmarks do)."""
+    settings = settings.model_copy(update={"internal_token": internal_token(settings)})
+    engine = make_engine(settings.database_url, 1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    head = None
+    if local_head and settings.ray_address is None:
+        head = start_head(settings.state_dir, settings.dashboard_port)
+        settings = settings.model_copy(update={"ray_address": head.dashboard_url})
+    try:
+        # set after the head started: the head and its jobs must not inherit the settings
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        if settings.workers > 1:
+            metrics = settings.state_dir / "metrics"
+            shutil.rmtree(metrics, ignore_errors=True)  # the last run's workers' histograms
+            metrics.mkdir(parents=True, mode=0o700)
+            os.environ[METRICS_ENV] = str(metrics.resolve())
+        log.info("serving on %s:%d in %d process(es)", settings.host, settings.port,
+                 settings.workers)  # fmt: skip
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level="info",
+                    access_log=settings.access_log)  # fmt: skip
+    finally:
+        if head is not None:
+            log.info("stopping the local Ray head")
+            head.stop()
+
+
+def configure_logging() -> None:
+    """The service's log lines, in the parent and in every worker (spawned afresh)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def worker_settings() -> Settings:
+    """The settings ``serve`` resolved, in one of its workers."""
+    return Settings.model_validate_json(os.environ[SETTINGS_ENV])
+
+
+def app(dispatcher: Dispatcher | None = None, reconcile: bool = True) -> FastAPI:
+    """The app of one worker (uvicorn calls it in each); ``dispatcher`` and ``reconcile`` as
+    ``create_app`` takes them."""
+    configure_logging()
+    application = create_app(worker_settings(), dispatcher, reconcile)
+    # what is alive now (modules, routes, models) lives as long as the process: kept out of the
+    # collector's scans, whose full passes otherwise stall requests for tens of ms
+    # (docs/benchmarks.md: p99 of a job list at one client, back to back, 62-76 ms -> 9-11 ms)
+    gc.freeze()
+    return application
