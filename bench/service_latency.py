@@ -6,8 +6,8 @@ The service runs on loopback as ``simclr serve`` runs it (its default number of 
 ``--workers N`` to choose), with the dispatcher replaced by the no-op one and the reconciler
 off, so what is measured is the API and its database. For SQLite (a file) and PostgreSQL (a fresh schema), at 1, 16 and 64 concurrent
 clients (closed loop, ``wrk``, a C load generator: ``apt-get install wrk``): p50/p99 latency and
-requests/s of ``POST /v1/jobs`` and ``GET /v1/jobs/{id}``, and of ``GET /healthz`` (the HTTP stack
-alone: the floor). Then 2,000 concurrent submits with idempotency keys (1,000 keys, each sent
+requests/s of ``GET /v1/jobs/{id}`` and ``GET /healthz`` (the HTTP stack alone: the floor), then
+of ``POST /v1/jobs``. Then 2,000 concurrent submits with idempotency keys (1,000 keys, each sent
 twice, in random order, 64 at a time, from httpx) must create each job exactly once. Beside them,
 Ray's ``GET /api/jobs/{id}`` on a local head at the same concurrency (``wrk``), and 32 submissions
 to ``POST /api/jobs/`` (entrypoint ``true``) from 1 and from 16 clients (httpx).
@@ -43,15 +43,17 @@ CONFIG = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max
 CONCURRENCY = (1, 16, 64)
 
 
-def serve(database_url: str, port: int, workers: int | None) -> None:
+def serve(database_url: str, port: int, workers: int | None, threads: int | None) -> None:
     """The service as ``simclr serve`` runs it, with the no-op dispatcher and no reconciler."""
     from services.server import serve
     from services.settings import Settings
 
-    options = {"workers": workers} if workers else {}
-    storage = f"{tempfile.mkdtemp()}/runs"
-    settings = Settings(database_url=database_url, port=port, storage_path=storage, **options)
-    serve(settings, app="bench.service_latency:app", local_head=False)
+    options = {"workers": workers, "request_threads": threads}
+    options = {key: value for key, value in options.items() if value}
+    with tempfile.TemporaryDirectory() as state:
+        settings = Settings(database_url=database_url, port=port, storage_path=f"{state}/runs",
+                            **options)  # fmt: skip
+        serve(settings, app="bench.service_latency:app", local_head=False)
 
 
 def app():
@@ -168,11 +170,11 @@ def fill(database_url: str, jobs: int, log_mb: float) -> None:
 
 def bench_service(
     label: str, database_url: str, seconds: int, list_jobs: int = 0, log_mb: float = 1.0,
-    workers: int | None = None,
+    options: tuple[str, ...] = (),
 ) -> list[str]:  # fmt: skip
     port = free_port()
     command = [sys.executable, "-m", "bench.service_latency", "--serve", database_url,
-               "--port", str(port)] + (["--workers", str(workers)] if workers else [])  # fmt: skip
+               "--port", str(port), *options]  # fmt: skip
     server = subprocess.Popen(command)
     base = f"http://127.0.0.1:{port}"
     rows = []
@@ -189,13 +191,16 @@ def bench_service(
             time.sleep(0.2)
         body = {"kind": "simclr", "config": CONFIG}
         job_id = httpx.post(f"{base}/v1/jobs", json=body).json()["id"]
+        # reads first, on a quiet service: a burst of writes leaves work behind it (the
+        # submissions queued after each answer, the write-ahead log to checkpoint, autovacuum)
         for concurrency in CONCURRENCY:
-            rows.append(wrk(f"{label} POST /v1/jobs, {concurrency} clients", f"{base}/v1/jobs",
-                            concurrency, seconds, POST_SCRIPT))  # fmt: skip
             rows.append(wrk(f"{label} GET /v1/jobs/{{id}}, {concurrency} clients",
                             f"{base}/v1/jobs/{job_id}", concurrency, seconds))  # fmt: skip
             rows.append(wrk(f"{label} GET /healthz, {concurrency} clients", f"{base}/healthz",
                             concurrency, seconds))  # fmt: skip
+        for concurrency in CONCURRENCY:
+            rows.append(wrk(f"{label} POST /v1/jobs, {concurrency} clients", f"{base}/v1/jobs",
+                            concurrency, seconds, POST_SCRIPT))  # fmt: skip
         keys = [str(uuid.uuid4()) for _ in range(1000)]
         submits = [("POST", "/v1/jobs", {"json": {"kind": "simclr", "config": CONFIG},
                                           "headers": {"Idempotency-Key": key}})
@@ -281,6 +286,7 @@ def main() -> None:
         "SIMCLR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))  # fmt: skip
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--workers", type=int, help="API processes (default: simclr serve's)")
+    parser.add_argument("--request-threads", type=int, help="per process (default: the setting's)")
     parser.add_argument(
         "--list-jobs",
         type=int,
@@ -290,23 +296,26 @@ def main() -> None:
     parser.add_argument("--log-mb", type=float, default=1.0, help="each listed job's log")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.workers)
+        serve(args.serve, args.port, args.workers, args.request_threads)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark needs wrk, a C load generator: apt-get install wrk")
     from services.settings import Settings
 
-    workers = args.workers or Settings().workers
-    print(f"{os.cpu_count()} cores; {workers} API process(es); {args.seconds} s per wrk run\n")
+    defaults = Settings()
+    workers = args.workers or defaults.workers
+    threads = args.request_threads or defaults.request_threads
+    print(f"{os.cpu_count()} cores; {workers} API process(es) of {threads} request threads; "
+          f"{args.seconds} s per wrk run\n")  # fmt: skip
+    options = tuple(f"--{name}={value}" for name, value in
+                    (("workers", args.workers), ("request-threads", args.request_threads)) if value)  # fmt: skip
     rows = ["| requests | n | p50 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as scratch:
         rows += bench_service("SQLite", f"sqlite:///{scratch}/bench.db", args.seconds,
-                              args.list_jobs, args.log_mb, args.workers)  # fmt: skip
+                              args.list_jobs, args.log_mb, options)  # fmt: skip
     url, drop = postgres_schema(args.postgres_url)
     try:
-        rows += bench_service(
-            "PostgreSQL", url, args.seconds, args.list_jobs, args.log_mb, args.workers
-        )
+        rows += bench_service("PostgreSQL", url, args.seconds, args.list_jobs, args.log_mb, options)
     finally:
         drop()
     if not args.skip_ray:

@@ -26,7 +26,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # sync routes run on anyio's thread pool (40 threads by default): fewer threads contend
-        # less for Python's lock (docs/benchmarks.md: GET p99 at 64 clients 95 -> 43 ms)
+        # less for Python's lock (docs/benchmarks.md, the API's processes and threads)
         to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         app.state.service = Service.start(settings, dispatcher, reconcile)
         try:

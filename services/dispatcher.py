@@ -16,7 +16,7 @@ import httpx
 
 from services.auth import job_token
 from services.settings import Settings
-from services.store.tables import Job
+from services.store.store import JobRecord
 from trainer.ray_auth import ray_auth_headers
 from trainer.spec import JobSpec
 
@@ -45,7 +45,7 @@ class RayJobState:
 class Dispatcher(Protocol):
     dashboard_url: str | None
 
-    def submit(self, job: Job, submission_id: str) -> None: ...
+    def submit(self, job: JobRecord, submission_id: str) -> None: ...
     def state(self, submission_id: str) -> RayJobState: ...
     def logs(self, submission_id: str) -> str: ...
     def stop(self, submission_id: str) -> None: ...
@@ -55,7 +55,7 @@ class Dispatcher(Protocol):
     def ping(self) -> None: ...
 
 
-def job_spec(job: Job, settings: Settings) -> JobSpec:
+def job_spec(job: JobRecord, settings: Settings) -> JobSpec:
     """What the driver runs for ``job``; raises ``pydantic.ValidationError`` when the stored
     config no longer validates (written by an older release)."""
     return JobSpec(
@@ -102,7 +102,7 @@ class RayDispatcher:
             raise DispatchError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
         return response
 
-    def submit(self, job: Job, submission_id: str) -> None:
+    def submit(self, job: JobRecord, submission_id: str) -> None:
         """Submit one attempt. A submission id Ray already has counts as submitted (a retry after
         a timeout whose request did arrive)."""
         spec = job_spec(job, self.settings)
@@ -174,7 +174,7 @@ class NoopDispatcher:
         self.submitted: list[str] = []
         self.stopped: list[str] = []
 
-    def submit(self, job: Job, submission_id: str) -> None:
+    def submit(self, job: JobRecord, submission_id: str) -> None:
         self.submitted.append(submission_id)
 
     def state(self, submission_id: str) -> RayJobState:

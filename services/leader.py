@@ -7,11 +7,13 @@ reconcile pass; the holder keeps it until it ends, and because the lock dies wit
 crash, a lost connection), another process takes over within one pass.
 
 - PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a connection kept
-  for it alone; the server releases it when that connection ends. The key is derived from the
-  schema, so services in separate schemas of one database do not contend.
+  for it alone; the server releases it when that connection ends, and ends a connection whose
+  client stopped answering its TCP keepalives within about a minute. The key is derived from the
+  schema, so services in separate schemas of one database do not contend. A pooler in front of
+  PostgreSQL must hand the service whole sessions (PgBouncer's session mode, not transaction
+  mode), or the lock is not held by anything.
 - SQLite (a file, so one host): an exclusive ``flock`` on ``<database>.reconciler.lock`` beside
   the database; the kernel releases it when the process ends.
-- SQLite in memory: one process by nature, always the leader.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger(__name__)
+KEEPALIVES = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
 
 
 class LeaderLock(Protocol):
@@ -37,7 +40,7 @@ class LeaderLock(Protocol):
 
 
 class Alone:
-    """The only process there can be (an in-memory database)."""
+    """A reconciler alone with its database (tests that build one directly)."""
 
     def held(self) -> bool:
         return True
@@ -91,6 +94,11 @@ class AdvisoryLock:
                 return True
             connection = self.engine.connect()
             try:
+                # the server probes this session's client after 30 s of silence and ends the
+                # session (releasing the lock) after a minute without an answer, rather than the
+                # operating system's two hours: a holder lost with its host or its network
+                for setting, value in KEEPALIVES.items():
+                    connection.execute(text(f"SET {setting} = {value}"))
                 schema = connection.execute(text("SELECT current_schema()")).scalar_one()
                 self._key = lock_key(f"reconciler:{schema}")
                 taken = connection.execute(
@@ -137,7 +145,5 @@ def leader_lock(engine: Engine) -> LeaderLock:
     if url.get_backend_name() == "postgresql":
         return AdvisoryLock(engine)
     if url.get_backend_name() == "sqlite":
-        if url.database in (None, "", ":memory:"):
-            return Alone()
         return FileLock(f"{url.database}.reconciler.lock")
     raise ValueError(f"no leader lock for a {url.get_backend_name()} database")

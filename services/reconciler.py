@@ -89,8 +89,9 @@ class Reconciler:
                 return
             if self.store.mark_submitted(submission_id):
                 log.info("job %s: submitted attempt %s", job.id, submission_id)
-            else:  # cancelled while the request was in flight
-                self.dispatcher.stop(submission_id)
+            elif self.store.attempt(submission_id).state == "stopped":
+                self.dispatcher.stop(submission_id)  # cancelled while the request was in flight
+            # else another process submitted it first: Ray took the id once, nothing to undo
 
     def follow(self, submission_id: str) -> None:
         """Store Ray's state and log of one live attempt; stop it when its job is cancelling."""
@@ -122,6 +123,10 @@ class Reconciler:
             except Exception:
                 log.exception("submitting %s failed; trying again next pass", attempt.submission_id)
         for attempt in self.store.attempts_in(LIVE_ATTEMPT_STATES):
+            if not self.leader.held():  # lost mid-pass: the new leader takes the rest
+                log.warning("process %d lost the reconciler during a pass", os.getpid())
+                self.leading = False
+                return
             try:
                 self.follow(attempt.submission_id)
             except DispatchError as error:

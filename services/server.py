@@ -7,8 +7,9 @@ listening socket to uvicorn's supervisor, which starts the workers, restarts one
 stops them all on SIGINT or SIGTERM. Each worker builds the app from the settings the parent
 resolved (passed in its environment, readable by this user only) and runs a reconciler that acts
 only while it holds the leader lock (``services.leader``). With several workers, the latency
-histograms are kept in files under the state directory (Prometheus's multiprocess mode) so that
-``/metrics`` reports every worker's requests, whichever worker answers the scrape.
+histograms are kept in files in a private temporary directory of this machine (Prometheus's
+multiprocess mode, removed at exit) so that ``/metrics`` reports every worker's requests,
+whichever worker answers the scrape.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import gc
 import logging
 import os
 import shutil
+import signal
+import tempfile
 
 import uvicorn
 from fastapi import FastAPI
@@ -47,14 +50,17 @@ def serve(settings: Settings, app: str = "services.server:app", local_head: bool
     if local_head and settings.ray_address is None:
         head = start_head(settings.state_dir, settings.dashboard_port)
         settings = settings.model_copy(update={"ray_address": head.dashboard_url})
+    # uvicorn ends a single process's run by raising SIGTERM again with the default handler,
+    # which would end this process before the head is stopped: make it an exit that unwinds
+    signal.signal(signal.SIGTERM, _exit)
+    metrics = None
     try:
         # set after the head started: the head and its jobs must not inherit the settings
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        if settings.workers > 1:
-            metrics = settings.state_dir / "metrics"
-            shutil.rmtree(metrics, ignore_errors=True)  # the last run's workers' histograms
-            metrics.mkdir(parents=True, mode=0o700)
-            os.environ[METRICS_ENV] = str(metrics.resolve())
+        os.environ.pop(METRICS_ENV, None)  # one process keeps its histograms in memory
+        if settings.workers > 1:  # local to this machine, never on a storage others share
+            metrics = tempfile.mkdtemp(prefix="simclr-metrics-")
+            os.environ[METRICS_ENV] = metrics
         log.info("serving on %s:%d in %d process(es)", settings.host, settings.port,
                  settings.workers)  # fmt: skip
         uvicorn.run(app, factory=True, host=settings.host, port=settings.port,
@@ -64,6 +70,12 @@ def serve(settings: Settings, app: str = "services.server:app", local_head: bool
         if head is not None:
             log.info("stopping the local Ray head")
             head.stop()
+        if metrics is not None:
+            shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _exit(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # a stop that was asked for
 
 
 def configure_logging() -> None:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from anyio import CapacityLimiter, to_thread
+from fastapi import BackgroundTasks
 
 from services.dispatcher import Dispatcher, RayDispatcher
 from services.leader import leader_lock
@@ -18,6 +22,7 @@ from services.store.store import Store
 from services.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+RAY_THREADS = 4
 
 
 def internal_token(settings: Settings) -> str:
@@ -44,6 +49,14 @@ class Service:
     reconciler: Reconciler
     telemetry: Telemetry
     head: LocalRayHead | None = None
+    # the threads that call Ray after a response (seconds each while Ray is slow), apart from
+    # the request threads, so that a slow Ray never leaves requests waiting for a thread
+    ray_threads: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(RAY_THREADS))
+
+    def after_response(self, background: BackgroundTasks, task: Callable[..., object],
+                       *args: object) -> None:  # fmt: skip
+        """Run ``task(*args)`` once the response is sent, on one of ``ray_threads``."""
+        background.add_task(to_thread.run_sync, task, *args, limiter=self.ray_threads)
 
     @classmethod
     def start(

@@ -26,6 +26,13 @@ from trainer.data.confine import is_under, real_roots
 STATE_DIR = Path(".simclr")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -41,11 +48,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(
-        default_factory=lambda: min(4, len(os.sched_getaffinity(0))),
+        default_factory=lambda: min(4, usable_cpus()),
         ge=1,
         le=64,
         description="API processes (one reconciles, elected by a lock in the database); default "
-        "one per CPU this process may use, at most 4; 1 for an in-memory database",
+        "one per CPU this process may use, at most 4",
     )
     access_log: bool = Field(
         default=False,
@@ -116,15 +123,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_process_for_memory(self) -> Settings:
+    def _a_database_processes_share(self) -> Settings:
         url = make_url(self.database_url)
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            if self.workers > 1 and "workers" in self.model_fields_set:
-                raise ValueError(
-                    f"workers={self.workers} with an in-memory database: each process would have "
-                    "its own; use a database file or PostgreSQL, or one worker"
-                )
-            self.workers = 1
+            raise ValueError(
+                "an in-memory SQLite database lives in one connection of one process: set "
+                "SIMCLR_DATABASE_URL to a database file (sqlite:///path) or PostgreSQL"
+            )
         return self
 
     @model_validator(mode="after")

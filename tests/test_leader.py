@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from services.leader import AdvisoryLock, Alone, FileLock, leader_lock
+from services.leader import AdvisoryLock, FileLock, leader_lock
 from services.reconciler import Reconciler
 from services.store.db import make_engine, migrate
 from services.store.store import Store
@@ -62,7 +62,6 @@ def test_a_file_lock_is_free_once_its_holder_is_killed(tmp_path):
 
 
 def test_each_database_gets_its_lock(tmp_path):
-    assert isinstance(leader_lock(create_engine("sqlite://")), Alone)
     lock = leader_lock(create_engine(f"sqlite:///{tmp_path}/simclr.db"))
     assert isinstance(lock, FileLock) and lock.path == f"{tmp_path}/simclr.db.reconciler.lock"
     assert isinstance(leader_lock(create_engine("postgresql+psycopg://u@h/db")), AdvisoryLock)
@@ -82,6 +81,9 @@ def test_an_advisory_lock_has_one_holder_per_schema(postgres_url):
     try:
         assert first.held() and first.held()
         assert not second.held()
+        keepalive = first._connection.execute(text("SHOW tcp_keepalives_idle")).scalar_one()
+        first._connection.commit()
+        assert keepalive == "30"  # a lost holder's session ends in a minute, not two hours
         with postgres_schema() as other:  # another service's schema: another lock
             elsewhere = make_engine(_postgres_schema_url(other))
             assert AdvisoryLock(elsewhere).held()
@@ -174,3 +176,30 @@ def test_only_the_leading_reconciler_passes_and_another_takes_over_when_it_stops
             reconciler.stop()
             reconciler.store.engine.dispose()
         store.engine.dispose()
+
+
+class Until:
+    """A lock held for the first ``n`` checks, then lost."""
+
+    def __init__(self, n: int):
+        self.checks = n
+
+    def held(self) -> bool:
+        self.checks -= 1
+        return self.checks >= 0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_leader_that_loses_its_lock_mid_pass_stops_there(store):
+    ray = Through(ScriptedRay())
+    first, second = (create(store).attempts[0].submission_id for _ in range(2))
+    for submission in (first, second):
+        store.mark_submitted(submission)
+        ray.ray.jobs[submission] = "running"
+    reconciler = Reconciler(store, ray, leader=Until(1))
+    reconciler.leading = True
+    reconciler.run_once()
+    assert len({submission for name, submission in ray.calls if name == "state"}) == 1
+    assert not reconciler.leading

@@ -292,3 +292,31 @@ def test_a_log_with_nul_characters_is_stored_and_paged(store):
     reconciler.run_once()
     assert store.get_job(job.id).status == "succeeded"
     assert store.read_log(job.id, 1, 10, 100)[1:] == (10, "nary \ufffd garbage\nepoch 2\n")
+
+
+def test_an_attempt_another_process_submitted_first_keeps_running(store):
+    """Two API processes submit one new attempt at once (one after its POST, the leader in its
+    pass): Ray takes the id once, and the one that records it second must not stop it."""
+    job = create(store)
+    submission = job.attempts[0].submission_id
+
+    class Racing(ScriptedRay):
+        def submit(self, job, submission_id):
+            super().submit(job, submission_id)
+            store.mark_submitted(submission_id)  # the other process recorded it first
+
+    ray = Racing()
+    Reconciler(store, ray).submit(submission)
+    assert ray.jobs[submission] == "pending"
+
+    cancelled = create(store)  # cancelled while its submission was in flight: stopped
+    submission = cancelled.attempts[0].submission_id
+
+    class Cancelled(ScriptedRay):
+        def submit(self, job, submission_id):
+            super().submit(job, submission_id)
+            store.request_cancel(job.id)
+
+    ray = Cancelled()
+    Reconciler(store, ray).submit(submission)
+    assert ray.jobs[submission] == "stopped"

@@ -9,12 +9,16 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
 from services.ray_head import free_port
+from services.settings import Settings
 
 LEADS = re.compile(r"process (\d+) runs the reconciler")
 
@@ -27,6 +31,13 @@ def wait_for(condition, seconds: float, what: str):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def answers(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_serve_in_two_processes(tmp_path):
@@ -44,14 +55,7 @@ def test_serve_in_two_processes(tmp_path):
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(answers, 60, "the service to answer")
+        wait_for(lambda: answers(base), 60, "the service to answer")
         leader = wait_for(lambda: LEADS.findall(log.read_text()), 10, "a reconciler")
         assert len(leader) == 1, log.read_text()
         wait_for(lambda: len(re.findall(r"Started server process", log.read_text())) == 2, 30,
@@ -84,3 +88,37 @@ def test_serve_in_two_processes(tmp_path):
     for pid in workers:  # none left running (a zombie awaits only its reaper)
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text()
+
+
+def test_sigterm_to_a_single_process_stops_the_local_head(tmp_path):
+    """With one worker uvicorn re-raises SIGTERM once it has shut down; the head (a process
+    group of its own, which nothing else would stop) must be stopped first."""
+    port = free_port()
+    stopped = tmp_path / "head-stopped"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from services import server
+        from services.settings import Settings
+
+        class Head:  # start_head's local head, without Ray
+            dashboard_url = "http://127.0.0.1:9"
+
+            def stop(self):
+                Path({str(stopped)!r}).write_text("stopped")
+
+        server.start_head = lambda *args: Head()
+        server.serve(Settings(port={port}, workers=1))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}"), 60, "the service to answer")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0
+    assert stopped.read_text() == "stopped"
+
+
+def test_an_in_memory_database_is_refused_with_what_to_set():
+    with pytest.raises(ValidationError, match="SIMCLR_DATABASE_URL to a database file"):
+        Settings(database_url="sqlite://")

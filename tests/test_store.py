@@ -3,6 +3,8 @@ state machine the reconciler drives, what workers report."""
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -211,3 +213,32 @@ def test_a_log_page_read_while_the_cap_drops_its_first_chunk_agrees_with_its_off
         other.dispose()
     assert dropped
     assert text and text == log[start : start + len(text)]
+
+
+def test_a_cancel_and_an_attempt_ending_at_once_lose_neither_write(store):
+    """Two processes change one job at once: a user cancels it while the reconciler records
+    that its Ray job succeeded. The second write waits for the first and builds on it (the
+    job ends succeeded), never overwriting it from a stale read (a job stuck cancelling)."""
+    job, _ = new_job(store)
+    submission = job.attempts[0].submission_id
+    store.mark_submitted(submission)
+    store.update_attempt(submission, "running")
+    other = Store(make_engine(store.engine.url.render_as_string(hide_password=False)))
+    ended = threading.Thread(target=other.update_attempt, args=(submission, "succeeded"))
+    fired = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def meanwhile(connection, cursor, statement, parameters, context, executemany):
+        if not fired and statement.lstrip().upper().startswith("UPDATE JOBS"):
+            fired.append(True)  # the cancel has read the job running and is about to write
+            ended.start()
+            time.sleep(0.5)
+
+    try:
+        store.request_cancel(job.id)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", meanwhile)
+    ended.join(timeout=60)
+    other.engine.dispose()
+    assert fired
+    assert store.get_job(job.id).status == "succeeded"

@@ -13,14 +13,13 @@ from services.routes.deps import ServiceDep
 from services.routes.jobs import PROBLEM, job_out, record_and_submit
 from services.schemas import EvaluationCreate, EvaluationOut
 from services.service import Service
-from services.store.store import NotFound
-from services.store.tables import Job
+from services.store.store import JobRecord, NotFound
 from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
 
 router = APIRouter(prefix="/v1", tags=["evaluations"], dependencies=[Depends(require_api_token)])
 
 
-def evaluation_out(job: Job, service: Service) -> EvaluationOut:
+def evaluation_out(job: JobRecord, service: Service) -> EvaluationOut:
     # as stored, not validated again: a row an older release wrote may break today's bounds
     stored = job.config
     config = LinearProbeConfig.model_construct(

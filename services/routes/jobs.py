@@ -30,8 +30,7 @@ from services.schemas import (
     MetricOut,
 )
 from services.service import Service
-from services.store.store import FINISHED_ATTEMPT_STATES, NotFound
-from services.store.tables import Job
+from services.store.store import FINISHED_ATTEMPT_STATES, JobRecord, NotFound
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 
@@ -39,7 +38,7 @@ PROBLEM = {"content": {"application/problem+json": {}}}
 LOG_PAGE_CHARS = 1 << 20
 
 
-def job_out(job: Job, service: Service) -> JobOut:
+def job_out(job: JobRecord, service: Service) -> JobOut:
     out = JobOut.model_validate(job)
     dashboard = service.dispatcher.dashboard_url
     if dashboard:
@@ -96,7 +95,7 @@ def record_and_submit(
     kind: str, name: str | None, config: BaseModel, resources: BaseModel,
     max_attempts: int | None, idempotency_key: str | None, location: str,
     config_loc: tuple[str, ...], source_job_id: str | None = None,
-) -> Job:  # fmt: skip
+) -> JobRecord:  # fmt: skip
     """Check the data roots and the cluster's capacity, write the job (or find the one an earlier
     request with this ``Idempotency-Key`` created: 200), then submit it after the response (202)."""
     config = confine_config(config, service.settings.data_roots, config_loc)
@@ -115,7 +114,9 @@ def record_and_submit(
     )
     response.headers["Location"] = f"{location}/{job.id}"
     if created:
-        background.add_task(service.reconciler.submit, job.attempts[-1].submission_id)
+        service.after_response(
+            background, service.reconciler.submit, job.attempts[-1].submission_id
+        )
     else:
         response.status_code = 200
     return job
@@ -152,7 +153,9 @@ def cancel_job(job_id: str, service: ServiceDep, background: BackgroundTasks) ->
     """Stop the job's Ray job (its driver and its workers exit); the job ends ``cancelled``."""
     job = service.store.request_cancel(job_id)
     if job.status == "cancelling":
-        background.add_task(service.reconciler.follow, job.attempts[-1].submission_id)
+        service.after_response(
+            background, service.reconciler.follow, job.attempts[-1].submission_id
+        )
     return job_out(job, service)
 
 
@@ -161,7 +164,7 @@ def cancel_job(job_id: str, service: ServiceDep, background: BackgroundTasks) ->
 def retry_job(job_id: str, service: ServiceDep, background: BackgroundTasks) -> JobOut:
     """Run a failed or cancelled job again as a new attempt, resuming from its latest checkpoint."""
     job = service.store.retry(job_id)
-    background.add_task(service.reconciler.submit, job.attempts[-1].submission_id)
+    service.after_response(background, service.reconciler.submit, job.attempts[-1].submission_id)
     return job_out(job, service)
 
 

@@ -23,8 +23,9 @@ def make_engine(url: str, request_threads: int = 8) -> Engine:
     pool = {"pool_size": request_threads + 4, "max_overflow": 4, "pool_pre_ping": True}
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, **pool)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database lives in one connection: use a file")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
     @event.listens_for(engine, "connect")
@@ -35,6 +36,15 @@ def make_engine(url: str, request_threads: int = 8) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _take_the_write_lock(connection) -> None:
+        # pysqlite begins a transaction only at the first write, so a transaction that reads a
+        # row and then writes it could interleave with another process's (a lost update; what
+        # FOR UPDATE prevents on PostgreSQL). Every transaction takes the database's write lock
+        # at its start; reads run without one (AUTOCOMMIT) and never wait for it.
+        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -70,17 +80,17 @@ def _run(engine: Engine, alembic_command) -> None:
     config = alembic_config()
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
-        if sqlite:  # a no-op inside a transaction: set it before one begins
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()
+        if (
+            sqlite
+        ):  # a no-op inside a transaction: set before one begins, on the driver's connection
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         try:
             with connection.begin():
                 # one migration at a time (several API processes or replicas start together):
-                # the database's write lock on SQLite, a transaction-scoped advisory lock on
-                # PostgreSQL; whoever comes second finds the schema migrated and does nothing
-                if sqlite:  # pysqlite starts no transaction before DDL: make it all one
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
+                # the database's write lock on SQLite (every transaction begins by taking it, see
+                # make_engine), a transaction-scoped advisory lock on PostgreSQL; whoever comes
+                # second finds the schema migrated and does nothing
+                if not sqlite:
                     schema = connection.execute(text("SELECT current_schema()")).scalar_one()
                     key = lock_key(f"migrate:{schema}")
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
@@ -96,5 +106,4 @@ def _run(engine: Engine, alembic_command) -> None:
                         )
         finally:
             if sqlite:
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                connection.commit()
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")

@@ -179,15 +179,16 @@ class Store:
             .order_by(jobs.c.created_at.desc(), jobs.c.id.desc(), attempts.c.number)
         )
         split = len(jobs.columns)
-        records: list[JobRecord] = []
         with self._reads_engine.connect() as connection:
             rows = connection.execute(query).all()
-        for row in rows:
-            if not records or records[-1].id != row[0]:
-                records.append(JobRecord(*row[:split], attempts=[]))
+        firsts, attempts_of = [], {}
+        for row in rows:  # each job's rows together, newest job first, its attempts in order
+            if row[0] not in attempts_of:
+                firsts.append(row)
+                attempts_of[row[0]] = []
             if row[split] is not None:
-                records[-1].attempts.append(AttemptRecord(*row[split:]))
-        return records
+                attempts_of[row[0]].append(AttemptRecord(*row[split:]))
+        return [JobRecord(*row[:split], attempts=tuple(attempts_of[row[0]])) for row in firsts]
 
     def list_jobs(
         self,
