@@ -28,10 +28,10 @@ import torch
 from bench.common import machine_summary
 from bench.distributed import ray_run, steady_rate
 from trainer.config import DatasetConfig
-from trainer.generative.config import GENERATIVE_CONFIGS
 from trainer.generative.data import DIGITS_LEVELS, load_images
 from trainer.generative.frechet import ClassifierFeatures
 from trainer.generative.loop import run_generative
+from trainer.kinds import KINDS, kinds
 from trainer.session import LocalSession
 
 UNET = {"base_channels": 32, "channel_mults": [1, 2], "blocks_per_resolution": 1,
@@ -59,7 +59,7 @@ def scaling(steps: int, per_worker_batch: int, storage: Path) -> None:
     print(f"per-worker batch {per_worker_batch}")
     print("| kind | 1 worker images/s | 2 workers images/s | speed-up |")
     print("|---|---|---|---|")
-    for kind in GENERATIVE_CONFIGS:
+    for kind in kinds("generate"):
         extra = {"vae_steps": steps // 2} if kind == "diffusevae" else {}
         rates = []
         for workers in (1, 2):
@@ -110,11 +110,9 @@ def likelihoods(budget: float, storage: Path) -> None:
         "| kind | steps (the budget) | seconds with evaluations | held-out metric at 1/4, 2/4, 3/4 and all of the budget |"
     )
     print("|---|---|---|---|")
-    for kind in GENERATIVE_CONFIGS:
+    for kind in kinds("generate"):
         probe = config(kind, 128, 30, **({"vae_steps": 15} if kind == "diffusevae" else {}))
-        cfg = GENERATIVE_CONFIGS[kind].model_validate(
-            probe | {"eval_examples": 1, "sample_count": 1}
-        )
+        cfg = KINDS[kind].config.model_validate(probe | {"eval_examples": 1, "sample_count": 1})
         rows = run_generative(
             kind, cfg, LocalSession(storage / f"probe-{kind}"), progress=False
         ).history
@@ -127,7 +125,7 @@ def likelihoods(budget: float, storage: Path) -> None:
                  "frechet_classifier_steps": 300 if kind == "gan" else 0}  # fmt: skip
         if kind == "diffusevae":
             extra["vae_steps"] = steps // 3
-        cfg = GENERATIVE_CONFIGS[kind].model_validate(config(kind, 128, steps, **extra))
+        cfg = KINDS[kind].config.model_validate(config(kind, 128, steps, **extra))
         start = time.perf_counter()
         run = run_generative(kind, cfg, LocalSession(storage / kind), progress=False)
         seconds = time.perf_counter() - start

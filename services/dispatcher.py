@@ -17,6 +17,7 @@ import httpx
 from services.auth import job_token
 from services.settings import Settings
 from services.store.store import JobRecord
+from trainer.kinds import KINDS
 from trainer.ray_auth import ray_auth_headers
 from trainer.spec import JobSpec
 
@@ -58,6 +59,10 @@ class Dispatcher(Protocol):
 def job_spec(job: JobRecord, settings: Settings) -> JobSpec:
     """What the driver runs for ``job``; raises ``pydantic.ValidationError`` when the stored
     config no longer validates (written by an older release)."""
+    kind = KINDS.get(job.kind)  # an unknown kind fails the spec's validation
+    policy = (
+        {} if kind is None or kind.max_failures is None else {"max_failures": kind.max_failures}
+    )
     return JobSpec(
         job_id=job.id,
         kind=job.kind,
@@ -65,9 +70,7 @@ def job_spec(job: JobRecord, settings: Settings) -> JobSpec:
         resources=job.resources,
         storage_path=settings.storage_root,
         data_roots=settings.resolved_data_roots,
-        # an evaluation is short and restarts from scratch: its errors (a corrupt checkpoint) are
-        # not worth repeating; pretraining resumes from its checkpoint after a worker failure
-        max_failures=0 if job.kind == "linear_probe" else 3,
+        **policy,  # the kind's failure policy, from its registry row
     )
 
 

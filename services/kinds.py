@@ -1,4 +1,5 @@
-"""The job kinds the service runs: each kind's config model, shared with the workers that run it."""
+"""Validating a job's config as its kind's model (the registry, ``trainer.kinds``), with errors
+located in the request."""
 
 from __future__ import annotations
 
@@ -8,13 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from trainer.config import DatasetConfig
-from trainer.spec import CONFIG_MODELS
-
-KIND_CONFIGS: dict[str, type[BaseModel]] = CONFIG_MODELS
-# What POST /v1/jobs runs; evaluations (kind linear_probe) come through /v1/evaluations, which
-# resolves the checkpoint path itself, and only from the pretraining kinds.
-PRETRAINING_KINDS = ("simclr",)
-TRAINING_KINDS = ("simclr", "ddpm", "vae", "gan", "diffusevae", "flow")
+from trainer.kinds import KINDS
 
 
 class ConfigError(ValueError):
@@ -29,7 +24,7 @@ def validate_config(
     kind: str, config: dict[str, Any], loc: tuple[str, ...] = ("body", "config")
 ) -> BaseModel:
     """``config`` as the kind's model (extra fields forbidden, defaults filled in)."""
-    return validate_model(KIND_CONFIGS[kind], config, loc)
+    return validate_model(KINDS[kind].config, config, loc)
 
 
 def validate_model(model: type[BaseModel], data: dict[str, Any], loc: tuple[str, ...]) -> BaseModel:

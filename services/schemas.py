@@ -8,10 +8,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from services.kinds import TRAINING_KINDS
+from trainer.kinds import KINDS
 from trainer.spec import Resources
 
-JobKind = Literal[TRAINING_KINDS]  # type: ignore[valid-type]
+
+def submittable_kinds() -> list[str]:
+    """What ``POST /v1/jobs`` runs: every registered kind but those that read another job's
+    checkpoint (evaluations), which come through ``/v1/evaluations`` that resolves it."""
+    return [name for name, kind in KINDS.items() if not kind.reads_checkpoint]
+
+
+def submittable(kind: str) -> str:
+    if kind not in submittable_kinds():
+        raise ValueError(f"kind must be one of {', '.join(submittable_kinds())}")
+    return kind
+
+
+JobKind = Annotated[
+    str,
+    AfterValidator(submittable),
+    # the registry as it is when the OpenAPI document is made
+    Field(json_schema_extra=lambda schema: schema.update(enum=submittable_kinds())),
+]
 # SQLite returns naive datetimes; every stored time is UTC.
 UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))

@@ -30,7 +30,8 @@ from services.schemas import (
 from services.settings import Settings
 from tests.test_api import INTERNAL, assert_problem
 from trainer.config import LinearProbeSettings, read_mapping
-from trainer.spec import CONFIG_MODELS, Resources
+from trainer.kinds import KINDS
+from trainer.spec import Resources
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DIGITS = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max_steps": 2}
@@ -222,7 +223,9 @@ def models_reachable(roots: list[type[BaseModel]]) -> list[type[BaseModel]]:
     return seen
 
 
-CONFIG_AND_REQUEST_MODELS = models_reachable([*CONFIG_MODELS.values(), *REQUEST_MODELS])
+CONFIG_AND_REQUEST_MODELS = models_reachable(
+    [*(kind.config for kind in KINDS.values()), *REQUEST_MODELS]
+)
 
 # The least each model needs to validate (the others validate from {}).
 MINIMAL: dict[str, dict] = {
@@ -235,8 +238,8 @@ MINIMAL: dict[str, dict] = {
     "EvaluationCreate": {"job_id": "job-x"},
     "ProbeResultOut": {"top1": 50.0, "top5": 90.0, "mode": "fast", "epochs": 1,
                        "train_images": 10, "test_images": 10},
-    **{model.__name__: {"data": {"name": "digits"}} for model in CONFIG_MODELS.values()
-       if "data" in model.model_fields},
+    **{kind.config.__name__: {"data": {"name": "digits"}} for kind in KINDS.values()
+       if "data" in kind.config.model_fields},
 }  # fmt: skip
 
 
@@ -323,12 +326,12 @@ def test_every_number_of_every_model_refuses_nan_and_infinity(model):
 
 def kind_of(path: Path) -> str:
     prefix = path.stem.split("-")[0]
-    return prefix if prefix in CONFIG_MODELS else "simclr"
+    return prefix if prefix in KINDS else "simclr"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
 def test_the_shipped_configs_validate(path):
-    config = CONFIG_MODELS[kind_of(path)].model_validate(read_mapping(path))
+    config = KINDS[kind_of(path)].config.model_validate(read_mapping(path))
     # and again from their dump: every default is within its bounds
     type(config).model_validate(config.model_dump())
 

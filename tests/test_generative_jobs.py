@@ -10,10 +10,10 @@ import torch
 from pydantic import ValidationError
 
 from trainer.config import DatasetConfig, read_mapping
-from trainer.generative.config import GENERATIVE_CONFIGS
 from trainer.generative.data import load_images
 from trainer.generative.frechet import InceptionFeatures
 from trainer.generative.loop import run_generative
+from trainer.kinds import KINDS, kinds
 from trainer.session import LocalSession
 from trainer.spec import JobSpec
 
@@ -40,7 +40,7 @@ def config_of(kind: str, data: dict, **overrides):
     fields = {"data": data, "batch_size": 32, "steps": 4, "log_every_steps": 1,
               "checkpoint_every_steps": 2, "eval_examples": 16, "sample_count": 9,
               "frechet_classifier_steps": 5, **KIND_SETTINGS[kind], **overrides}  # fmt: skip
-    return GENERATIVE_CONFIGS[kind].model_validate(fields)
+    return KINDS[kind].config.model_validate(fields)
 
 
 def parameters(run_dir) -> dict[str, torch.Tensor]:
@@ -49,7 +49,7 @@ def parameters(run_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("data", [TOY, DIGITS], ids=["two_moons", "digits"])
-@pytest.mark.parametrize("kind", list(GENERATIVE_CONFIGS))
+@pytest.mark.parametrize("kind", list(kinds("generate")))
 def test_each_kind_trains_reports_draws_and_resumes_exactly(kind, data, tmp_path):
     config = config_of(kind, data)
     whole = run_generative(kind, config, LocalSession(tmp_path / "whole"), progress=False)
@@ -117,7 +117,7 @@ def test_the_bernoulli_decoder_scores_binarised_digits(tmp_path):
      ("diffusevae", "diffusevae-digits"), ("flow", "flow-two-moons")],
 )  # fmt: skip
 def test_shipped_generative_configs_validate(kind, name):
-    GENERATIVE_CONFIGS[kind].model_validate(read_mapping(f"configs/{name}.yaml"))
+    KINDS[kind].config.model_validate(read_mapping(f"configs/{name}.yaml"))
 
 
 def test_an_image_folder_is_cropped_resized_and_split(tmp_path):

@@ -12,7 +12,7 @@ from services.client import Client
 from tests.distributed import run_driver_process
 from tests.test_generative_jobs import KIND_SETTINGS, TOY
 from tests.test_service_ray import ServiceThread, wait_for
-from trainer.generative.config import GENERATIVE_CONFIGS
+from trainer.kinds import kinds
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_every_generative_kind_trains_through_the_api_on_two_workers_and_resumes
     with ServiceThread(settings):
         jobs = {
             kind: client.submit(kind, job_config(kind), {"num_workers": 2}, f"{kind} on 2 workers")
-            for kind in GENERATIVE_CONFIGS
+            for kind in kinds("generate")
         }
         for kind, job in jobs.items():
             done = wait_for(

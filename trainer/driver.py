@@ -18,15 +18,17 @@ cluster refuses it. The Ray dashboard lists Train runs only when the driver runs
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from trainer.config import LinearProbeConfig
-from trainer.generative.config import GENERATIVE_CONFIGS
+from trainer.kinds import KINDS
 from trainer.log import configure_logging
 from trainer.ray_auth import use_token_auth_when_available
 from trainer.spec import JobSpec
@@ -108,11 +110,11 @@ def generative_worker_loop(loop_config: dict[str, Any]) -> None:
         session.close()  # deliver what is pending, also when the run failed
 
 
-WORKER_LOOPS = {
-    "simclr": simclr_worker_loop,
-    "linear_probe": linear_probe_worker_loop,
-    **dict.fromkeys(GENERATIVE_CONFIGS, generative_worker_loop),
-}
+def worker_loop(kind: str) -> Callable[[dict[str, Any]], None]:
+    """The function every Ray Train worker of a ``kind`` job runs: its registry row's ``worker``
+    (``module:function``), imported here, on the driver, and pickled to the workers."""
+    module, _, function = KINDS[kind].worker.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def build_trainer(spec: JobSpec):
@@ -137,7 +139,7 @@ def build_trainer(spec: JobSpec):
     if spec.kind == "simclr" and spec.config.dataset.loader == "ray_data":
         loop_config["stream"], streaming = ray_data_stream(spec, run_dir)
     return TorchTrainer(
-        WORKER_LOOPS[spec.kind],
+        worker_loop(spec.kind),
         train_loop_config=loop_config,
         **streaming,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),

@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
-from trainer.config import LinearProbeConfig, SimCLRConfig, StrictModel
-from trainer.generative.config import (
-    GENERATIVE_CONFIGS,
-    DDPMConfig,
-    DiffuseVAEConfig,
-    FlowConfig,
-    GANConfig,
-    VAEConfig,
-)
+from trainer.config import StrictModel
+from trainer.kinds import KINDS
 
-# Each job kind's config model; the kind names the worker loop that runs it (trainer.driver).
-CONFIG_MODELS: dict[str, type[BaseModel]] = {
-    "simclr": SimCLRConfig,
-    "linear_probe": LinearProbeConfig,
-    **GENERATIVE_CONFIGS,
-}
-JobKind = Literal["simclr", "linear_probe", "ddpm", "vae", "gan", "diffusevae", "flow"]
-JobConfig = (
-    SimCLRConfig
-    | LinearProbeConfig
-    | DDPMConfig
-    | VAEConfig
-    | GANConfig
-    | DiffuseVAEConfig
-    | FlowConfig
-)
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -52,8 +29,8 @@ class JobSpec(StrictModel):
     latest checkpoint under ``storage_path/<job_id>``."""
 
     job_id: str
-    kind: JobKind = "simclr"
-    config: JobConfig
+    kind: str = Field(default="simclr", description="a kind of the registry (trainer.kinds)")
+    config: SerializeAsAny[BaseModel] = Field(description="validated by the kind's config model")
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts; -1: unlimited")
@@ -68,11 +45,23 @@ class JobSpec(StrictModel):
     @classmethod
     def _config_of_its_kind(cls, data: Any) -> Any:
         """Validate ``config`` with the model of ``kind`` (errors then name that model's fields)."""
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
-            model = CONFIG_MODELS.get(data.get("kind", "simclr"))
-            if model is not None:
-                data = {**data, "config": model.model_validate(data["config"])}
+        kind = isinstance(data, dict) and KINDS.get(data.get("kind", "simclr"))
+        if not kind:
+            return data
+        config = data.get("config")
+        if isinstance(config, dict):
+            return {**data, "config": kind.config.model_validate(config)}
+        if isinstance(config, BaseModel) and not isinstance(config, kind.config):
+            raise ValueError(f"config is a {type(config).__name__}; kind {kind.name!r} takes a "
+                             f"{kind.config.__name__}")  # fmt: skip
         return data
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"no job kind {value!r}; the kinds are {', '.join(KINDS)}")
+        return value
 
     @field_validator("job_id")
     @classmethod

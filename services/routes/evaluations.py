@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Response
 
 from services.auth import require_api_token
-from services.kinds import PRETRAINING_KINDS, validate_model
+from services.kinds import validate_model
 from services.routes.deps import ServiceDep
 from services.routes.jobs import PROBLEM, job_out, record_and_submit
 from services.schemas import EvaluationCreate, EvaluationOut
 from services.service import Service
 from services.store.store import JobRecord, NotFound
 from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
+from trainer.kinds import kinds
 
 router = APIRouter(prefix="/v1", tags=["evaluations"], dependencies=[Depends(require_api_token)])
 
@@ -49,7 +50,7 @@ def create_evaluation(
     """Resolve the checkpoint (``latest`` or a name from ``/v1/jobs/{id}/checkpoints``), validate
     the data and the settings, write the evaluation, then submit it to Ray."""
     source = service.store.get_job(body.job_id)
-    if source.kind not in PRETRAINING_KINDS:
+    if source.kind not in kinds("pretrain"):
         raise HTTPException(422, f"job {source.id} is a {source.kind} job, not a pretraining job")
     checkpoint = service.store.checkpoint(source.id, body.checkpoint)
     if not checkpoint.available:

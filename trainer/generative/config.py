@@ -202,12 +202,3 @@ class FlowConfig(TrainingConfig):
         default_factory=lambda: ["sigmoidal", "residual"] * 4, min_length=1, max_length=256
     )
     learning_rate: LearningRate = 1e-3
-
-
-GENERATIVE_CONFIGS = {
-    "ddpm": DDPMConfig,
-    "vae": VAEConfig,
-    "gan": GANConfig,
-    "diffusevae": DiffuseVAEConfig,
-    "flow": FlowConfig,
-}

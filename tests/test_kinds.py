@@ -1,0 +1,90 @@
+"""The registry of job kinds: a kind added in one row (here a toy, in this test alone) is
+validated, documented and submitted by the API, gets its failure policy in the job spec, and is
+run by the driver's dispatch; the built-in kinds' rows agree with what the service does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import Field, ValidationError
+
+from services.app import create_app
+from services.dispatcher import NoopDispatcher, job_spec
+from services.settings import Settings
+from trainer.config import StrictModel
+from trainer.driver import worker_loop
+from trainer.kinds import KINDS, Kind, kinds, register
+from trainer.spec import JobSpec
+
+RAN: list[dict[str, Any]] = []
+
+
+class ToyConfig(StrictModel):
+    steps: int = Field(default=3, ge=1, le=10)
+
+
+def toy_worker(loop_config: dict[str, Any]) -> None:
+    """The toy kind's worker entry: what a worker module's entry does with its spec."""
+    spec = JobSpec.model_validate(loop_config["spec"])
+    RAN.append({"kind": spec.kind, "steps": spec.config.steps})
+
+
+@pytest.fixture
+def toy():
+    row = register(Kind("toy", ToyConfig, f"{__name__}:toy_worker", "generate", max_failures=1))
+    yield row
+    del KINDS["toy"]
+
+
+class SpecDispatcher(NoopDispatcher):
+    """Builds the spec the driver would get for each submission."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+        self.specs: list[JobSpec] = []
+
+    def submit(self, job, submission_id):
+        self.specs.append(job_spec(job, self.settings))
+        super().submit(job, submission_id)
+
+
+def test_a_kind_added_in_one_row_runs_through_the_api_and_the_driver(toy, database_url, tmp_path):
+    settings = Settings(database_url=database_url, storage_path=str(tmp_path / "runs"),
+                        data_roots=[str(tmp_path / "data")])  # fmt: skip
+    dispatcher = SpecDispatcher(settings)
+    with TestClient(create_app(settings, dispatcher, reconcile=False)) as api:
+        schema = api.get("/openapi.json").json()["components"]["schemas"]["JobCreate"]
+        assert "toy" in schema["properties"]["kind"]["enum"]
+        refused = api.post("/v1/jobs", json={"kind": "toy", "config": {"steps": 11}})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "config.steps"
+        answer = api.post("/v1/jobs", json={"kind": "toy", "config": {"steps": 5}})
+        assert answer.status_code == 202, answer.text
+        assert api.get(f"/v1/jobs/{answer.json()['id']}").json()["config"] == {"steps": 5}
+    (spec,) = dispatcher.specs
+    assert (spec.kind, spec.config, spec.max_failures) == ("toy", ToyConfig(steps=5), 1)
+
+    worker_loop(spec.kind)({"spec": spec.model_dump(mode="json")})
+    assert RAN[-1] == {"kind": "toy", "steps": 5}
+
+
+def test_a_kind_is_taken_once_and_an_unknown_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="registered already"):
+        register(Kind("simclr", ToyConfig, f"{__name__}:toy_worker", "pretrain"))
+    with pytest.raises(ValidationError, match="no job kind 'nope'; the kinds are simclr"):
+        JobSpec(job_id="j", kind="nope", config={}, storage_path="/runs")
+    with pytest.raises(ValidationError, match="kind 'simclr' takes a SimCLRConfig"):
+        JobSpec(job_id="j", kind="simclr", config=ToyConfig(), storage_path="/runs")
+
+
+def test_the_built_in_rows():
+    assert kinds("pretrain") == ("simclr",)
+    assert kinds("evaluate") == ("linear_probe",)
+    assert set(kinds("generate")) == {"ddpm", "vae", "gan", "diffusevae", "flow"}
+    probe = KINDS["linear_probe"]
+    assert probe.reads_checkpoint and probe.max_failures == 0  # a failed evaluation is final
+    for kind in KINDS.values():  # every worker entry imports (on the workers: here, on CPU)
+        assert callable(worker_loop(kind.name))
