@@ -22,7 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.client import FINISHED, ApiError, Client
+from services.client import ApiError, Client
+from services.states import TERMINAL
 from trainer.config import read_mapping
 
 
@@ -115,7 +116,7 @@ def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
                 bar.set_postfix({k: f"{latest[k]:.4g}" for k in ("loss", "lr") if k in latest})
             job = client.job(job_id)
             bar.set_description(f"{job_id} [{job['status']}]")
-            if job["status"] in FINISHED:
+            if job["status"] in TERMINAL:
                 return job
             time.sleep(poll_s)
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
+from services.states import TERMINAL
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class ApiError(RuntimeError):
@@ -88,7 +89,7 @@ class Client:
 
     def wait(self, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
         """The job once it has finished."""
-        while (job := self.job(job_id))["status"] not in FINISHED:
+        while (job := self.job(job_id))["status"] not in TERMINAL:
             time.sleep(poll_s)
         return job
 
@@ -147,6 +148,6 @@ class Client:
             if chunk["text"]:
                 yield chunk["text"]
             offset = chunk["next_offset"]
-            if job["status"] in FINISHED and chunk["complete"]:
+            if job["status"] in TERMINAL and chunk["complete"]:
                 return
             time.sleep(poll_s)

@@ -21,6 +21,8 @@ from services.kinds import ConfigError
 from services.store.store import Conflict, NotFound
 
 log = logging.getLogger(__name__)
+# how a route documents an error answer in OpenAPI (``responses={404: PROBLEM}``)
+PROBLEM = {"content": {"application/problem+json": {}}}
 
 
 def problem(

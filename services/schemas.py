@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from services.states import JOB_STATUSES
+from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
 from trainer.kinds import KINDS
 from trainer.spec import Resources
 
@@ -34,7 +36,7 @@ JobKind = Annotated[
 UtcDatetime = Annotated[
     datetime, AfterValidator(lambda value: value if value.tzinfo else value.replace(tzinfo=UTC))
 ]
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 # A name or id a client sends: no NUL character (PostgreSQL text cannot hold it).
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 # Bounds of stored numbers: the database's INTEGER columns, and byte sizes.
@@ -90,6 +92,16 @@ class JobOut(BaseModel):
     source_job_id: str | None = None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @classmethod
+    def of(cls, job: Any, dashboard_url: str | None) -> JobOut:
+        """``job`` (a ``JobRecord``) as the API shows it, each attempt linked to its Ray job on
+        the dashboard when there is one."""
+        out = cls.model_validate(job)
+        if dashboard_url:
+            for attempt in out.attempts:
+                attempt.dashboard_url = f"{dashboard_url}/#/jobs/{attempt.submission_id}"
+        return out
 
 
 class JobPage(BaseModel):
@@ -148,6 +160,24 @@ class EvaluationOut(BaseModel):
     error: str | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @classmethod
+    def of(cls, job: Any, dashboard_url: str | None) -> EvaluationOut:
+        """A ``linear_probe`` job as an evaluation. Its config as stored, not validated again: a
+        row an older release wrote may break today's bounds."""
+        stored = job.config
+        config = LinearProbeConfig.model_construct(
+            **{**stored, "dataset": DatasetConfig.model_construct(**stored["dataset"])}
+        )
+        settings = {name: stored[name] for name in LinearProbeSettings.model_fields
+                    if name in stored}  # fmt: skip
+        out = JobOut.of(job, dashboard_url)
+        return cls(
+            id=job.id, job_id=config.source_job_id, checkpoint=config.checkpoint,
+            status=out.status, mode=config.resolved_mode, dataset=stored["dataset"],
+            config=settings, resources=job.resources, attempts=out.attempts, result=job.result,
+            error=job.error, created_at=out.created_at, updated_at=out.updated_at,
+        )  # fmt: skip
 
 
 class MetricOut(BaseModel):

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, event
 
+from services.states import JOB_MOVES, JOB_STATUSES, TERMINAL, IllegalMove, move
 from services.store.db import make_engine, migrate
 from services.store.store import Conflict, NotFound, Store
 from services.store.tables import AttemptLog, Base
@@ -242,3 +244,25 @@ def test_a_cancel_and_an_attempt_ending_at_once_lose_neither_write(store):
     other.engine.dispose()
     assert fired
     assert store.get_job(job.id).status == "succeeded"
+
+
+def test_a_job_moves_only_as_the_table_of_states_allows(store):
+    assert set(JOB_MOVES) == set(JOB_STATUSES)
+    for status in TERMINAL:  # an ended job moves only to a retry, if at all
+        assert JOB_MOVES[status] <= {"queued"}
+    ended = SimpleNamespace(id="job-x", status="succeeded")
+    with pytest.raises(IllegalMove, match="job-x cannot go from succeeded to running"):
+        move(ended, "running")
+    move(ended, "succeeded")  # staying is no move
+
+    job, _ = new_job(store)  # a whole life through the store: each move is checked
+    submission = job.attempts[0].submission_id
+    store.mark_submitted(submission)
+    assert store.update_attempt(submission, "running").status == "running"
+    assert store.update_attempt(submission, "lost").status == "queued"  # a new attempt
+    second = store.get_job(job.id).attempts[-1].submission_id
+    store.mark_submitted(second)
+    store.update_attempt(second, "running")
+    assert store.request_cancel(job.id).status == "cancelling"
+    assert store.update_attempt(second, "stopped").status == "cancelled"
+    assert store.retry(job.id).status == "queued"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import event
 
 from services import cli
-from services.routes.internal import MAX_ARTIFACT_BYTES
+from services.artifacts import MAX_ARTIFACT_BYTES
 from services.settings import Settings
 from services.store.tables import Job
 from tests.test_api import assert_problem, make_client, run_dir, submit, worker_auth

@@ -8,29 +8,21 @@ images or plain text of at most 32 MiB, read with a running limit."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from services.artifacts import ARTIFACT_NAME, ARTIFACT_TYPES, MAX_ARTIFACT_BYTES, media_type
 from services.auth import require_job_token
 from services.routes.deps import ServiceDep
 from services.schemas import CheckpointIn, CheckpointOut, MetricsIn, ProbeResultOut
 from services.service import Service
-from services.store.store import TERMINAL
+from services.states import TERMINAL
 
 router = APIRouter(
     prefix="/internal/v1", tags=["internal"], dependencies=[Depends(require_job_token)]
 )
-
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-MAX_ARTIFACT_BYTES = 32 << 20
-# What an artifact may be: pictures and plain text (no HTML, SVG or anything a browser runs).
-ARTIFACT_TYPES = frozenset(
-    {"image/png", "image/jpeg", "image/gif", "image/webp", "text/plain", "text/csv",
-     "application/json"}
-)  # fmt: skip
 
 
 def _open_job(service: Service, job_id: str) -> None:
@@ -62,11 +54,6 @@ def report_checkpoint(job_id: str, body: CheckpointIn, service: ServiceDep) -> C
 def report_result(job_id: str, body: ProbeResultOut, service: ServiceDep) -> None:
     _open_job(service, job_id)
     service.store.set_result(job_id, body.model_dump())
-
-
-def media_type(content_type: str) -> str:
-    """The lower-case media type of a Content-Type header, without its parameters."""
-    return content_type.split(";", 1)[0].strip().lower()
 
 
 @router.put("/jobs/{job_id}/artifacts/{name}", status_code=204)

@@ -3,19 +3,15 @@ artifacts."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Response
-from pydantic import BaseModel
 
+from services.artifacts import ARTIFACT_TYPES, media_type
 from services.auth import require_api_token
-from services.data_roots import confine_config
-from services.dispatcher import DispatchError, unplaceable_reason
 from services.kinds import ConfigError, validate_config
+from services.problems import PROBLEM
 from services.routes.deps import ServiceDep
-from services.routes.internal import ARTIFACT_TYPES, media_type
 from services.schemas import (
     MAX_INT32,
     MAX_INT64,
@@ -29,38 +25,13 @@ from services.schemas import (
     LogsOut,
     MetricOut,
 )
-from services.service import Service
-from services.store.store import FINISHED_ATTEMPT_STATES, JobRecord, NotFound
+from services.states import FINISHED_ATTEMPT_STATES
+from services.store.store import NotFound
+from services.submission import submit
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 
-PROBLEM = {"content": {"application/problem+json": {}}}
 LOG_PAGE_CHARS = 1 << 20
-
-
-def job_out(job: JobRecord, service: Service) -> JobOut:
-    out = JobOut.model_validate(job)
-    dashboard = service.dispatcher.dashboard_url
-    if dashboard:
-        out.attempts = [
-            attempt.model_copy(
-                update={"dashboard_url": f"{dashboard}/#/jobs/{attempt.submission_id}"}
-            )
-            for attempt in out.attempts
-        ]
-    return out
-
-
-def check_capacity(service: Service, resources: dict) -> None:
-    if not service.settings.check_capacity:
-        return
-    try:
-        nodes = service.dispatcher.capacity()
-    except DispatchError:
-        return  # Ray unreachable: the job queues until it comes back
-    reason = nodes is not None and unplaceable_reason(resources, nodes)
-    if reason:
-        raise ConfigError([{"loc": ("body", "resources"), "type": "capacity", "msg": reason}])
 
 
 @router.post(
@@ -81,45 +52,16 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Validate the config against its kind, write the job, then submit it to Ray."""
-    config = validate_config(body.kind, body.config)
-    job = record_and_submit(
-        service, response, background, body, kind=body.kind, name=body.name, config=config,
-        resources=body.resources, max_attempts=body.max_attempts,
-        idempotency_key=idempotency_key, location="/v1/jobs", config_loc=("config",),
-    )  # fmt: skip
-    return job_out(job, service)
-
-
-def record_and_submit(
-    service: Service, response: Response, background: BackgroundTasks, body: BaseModel, *,
-    kind: str, name: str | None, config: BaseModel, resources: BaseModel,
-    max_attempts: int | None, idempotency_key: str | None, location: str,
-    config_loc: tuple[str, ...], source_job_id: str | None = None,
-) -> JobRecord:  # fmt: skip
-    """Check the data roots and the cluster's capacity, write the job (or find the one an earlier
-    request with this ``Idempotency-Key`` created: 200), then submit it after the response (202)."""
-    config = confine_config(config, service.settings.data_roots, config_loc)
-    resources_json = resources.model_dump(mode="json")
-    check_capacity(service, resources_json)
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
-    job, created = service.store.create_job(
-        kind=kind,
-        name=name,
-        config=config.model_dump(mode="json"),
-        resources=resources_json,
-        max_attempts=max_attempts or service.settings.max_attempts,
+    job, created = submit(
+        service, background, body, "/v1/jobs", kind=body.kind,
+        config=validate_config(body.kind, body.config), config_loc=("config",),
+        resources=body.resources, name=body.name, max_attempts=body.max_attempts,
         idempotency_key=idempotency_key,
-        request_hash=hashlib.sha256(f"{location} {canonical}".encode()).hexdigest(),
-        source_job_id=source_job_id,
-    )
-    response.headers["Location"] = f"{location}/{job.id}"
-    if created:
-        service.after_response(
-            background, service.reconciler.submit, job.attempts[-1].submission_id
-        )
-    else:
+    )  # fmt: skip
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
         response.status_code = 200
-    return job
+    return JobOut.of(job, service.dispatcher.dashboard_url)
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -139,12 +81,15 @@ def list_jobs(
         raise ConfigError(
             [{"loc": ("query", "cursor"), "msg": str(error), "type": "cursor"}]
         ) from None
-    return JobPage(items=[job_out(job, service) for job in jobs], next_cursor=next_cursor)
+    return JobPage(
+        items=[JobOut.of(job, service.dispatcher.dashboard_url) for job in jobs],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM})
 def get_job(job_id: str, service: ServiceDep) -> JobOut:
-    return job_out(service.store.get_job(job_id), service)
+    return JobOut.of(service.store.get_job(job_id), service.dispatcher.dashboard_url)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut,
@@ -156,7 +101,7 @@ def cancel_job(job_id: str, service: ServiceDep, background: BackgroundTasks) ->
         service.after_response(
             background, service.reconciler.follow, job.attempts[-1].submission_id
         )
-    return job_out(job, service)
+    return JobOut.of(job, service.dispatcher.dashboard_url)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut,
@@ -165,7 +110,7 @@ def retry_job(job_id: str, service: ServiceDep, background: BackgroundTasks) -> 
     """Run a failed or cancelled job again as a new attempt, resuming from its latest checkpoint."""
     job = service.store.retry(job_id)
     service.after_response(background, service.reconciler.submit, job.attempts[-1].submission_id)
-    return job_out(job, service)
+    return JobOut.of(job, service.dispatcher.dashboard_url)
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricOut], responses={404: PROBLEM})
@@ -219,7 +164,7 @@ def job_logs(
 
 @router.get("/jobs/{job_id}/attempts", response_model=list[AttemptOut], responses={404: PROBLEM})
 def job_attempts(job_id: str, service: ServiceDep) -> list[AttemptOut]:
-    return job_out(service.store.get_job(job_id), service).attempts
+    return JobOut.of(service.store.get_job(job_id), service.dispatcher.dashboard_url).attempts
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut], responses={404: PROBLEM})

@@ -23,6 +23,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.states import (
+    FINISHED_ATTEMPT_STATES,
+    JOB_STATUSES,
+    TERMINAL,
+    move,
+)
 from services.store.tables import (
     Artifact,
     Attempt,
@@ -34,12 +40,6 @@ from services.store.tables import (
 )
 from trainer.control_plane import json_safe
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-# Attempt states in which Ray may still be running the job.
-LIVE_ATTEMPT_STATES = ("submitted", "pending", "running")
-# Attempt states after which Ray runs nothing more of it and its log no longer grows.
-FINISHED_ATTEMPT_STATES = ("succeeded", "failed", "stopped", "lost")
 # The newest characters of an attempt's log that are kept (older chunks are dropped whole, so up
 # to one chunk more may stay): 4 Mi characters, a day of a chatty job's log at 50 bytes/s.
 LOG_CAP_CHARS = 4 << 20
@@ -235,9 +235,9 @@ class Store:
             attempt = job.attempts[-1]
             if attempt.state == "new":
                 attempt.state, attempt.finished_at = "stopped", utcnow()
-                job.status = "cancelled"
+                move(job, "cancelled")
             else:
-                job.status = "cancelling"
+                move(job, "cancelling")
         return self.get_job(job_id)
 
     def retry(self, job_id: str) -> JobRecord:
@@ -269,7 +269,7 @@ class Store:
         job.attempts.append(
             Attempt(number=number, submission_id=submission_id(job.id, number), state="new")
         )
-        job.status = "queued"
+        move(job, "queued")
 
     # -- attempts (dispatcher and reconciler) ---------------------------------------------------
 
@@ -321,7 +321,7 @@ class Store:
             if attempt.submit_errors >= fail_after:
                 attempt.state, attempt.finished_at = "failed", utcnow()
                 job = self._locked(session, attempt.job_id)
-                job.status = "failed"
+                move(job, "failed")
                 job.error = (
                     f"could not submit to Ray after {attempt.submit_errors} tries: {message}"
                 )
@@ -354,23 +354,23 @@ class Store:
     def _follow_attempt(self, job: Job, attempt: Attempt, state: str, message: str | None) -> None:
         """The job's status once its latest attempt is in ``state``."""
         if state == "succeeded":
-            job.status = "succeeded"
+            move(job, "succeeded")
         elif job.status == "cancelling":
             if state in ("failed", "stopped", "lost"):
-                job.status = "cancelled"
+                move(job, "cancelled")
         elif state == "running":
-            job.status = "running"
+            move(job, "running")
         elif state == "failed":
-            job.status = "failed"
+            move(job, "failed")
             job.error = _summarise(job.id, message or "the Ray job failed")
         elif state == "stopped":
-            job.status = "cancelled"
+            move(job, "cancelled")
             job.error = "the Ray job was stopped outside the service"
         elif state == "lost":
             if attempt.number < job.max_attempts:
                 self._add_attempt(job)
             else:
-                job.status = "failed"
+                move(job, "failed")
                 job.error = (
                     f"the Ray job vanished from the cluster {attempt.number} time(s); "
                     f"giving up after max_attempts={job.max_attempts}"
