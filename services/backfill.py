@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from services.schemas import MAX_INT32, MetricPointIn
 from services.store.store import Store
-from trainer.control_plane import INDEX_FIELDS
+from trainer.reporter import INDEX_FIELDS
 
 log = logging.getLogger(__name__)
 

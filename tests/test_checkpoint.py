@@ -15,11 +15,10 @@ from trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
-    rng_state,
     save_atomic,
-    set_rng_state,
 )
 from trainer.distributed import restore_rank_rng
+from trainer.rng import rng_state, set_rng_state
 
 
 class Unpicklable:

@@ -21,7 +21,7 @@ from services.settings import Settings
 from tests.conftest import POSTGRES_URL, _postgres_schema_url, postgres_schema
 from tests.faults import CuttableProxy
 from tests.test_service_ray import ServiceThread
-from trainer.control_plane import ControlPlaneReporter
+from trainer.reporter import ControlPlaneReporter
 
 # How long the database stays away: the audit's 30 s (longer than the pool's and the reporter's
 # first timeouts, so each of them has to cope with it).

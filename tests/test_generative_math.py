@@ -11,12 +11,16 @@ import torch
 from torch import nn
 
 from models.flows import FLOW_LAYERS, ElementwiseAffine, FlowDensity, RadialFlow
-from trainer.gaussian import discretized_gaussian_log_likelihood, gaussian_kl, gaussian_log_density
 from trainer.generative import dirac_gan
 from trainer.generative.data import ToyDensity
 from trainer.generative.diffusion import GaussianDiffusion, cosine_betas
 from trainer.generative.frechet import frechet_distance
 from trainer.generative.gan import ExponentialMovingAverage, r1_penalty
+from trainer.generative.gaussian import (
+    discretized_gaussian_log_likelihood,
+    gaussian_kl,
+    gaussian_log_density,
+)
 from trainer.generative.vae import elbo, iwae_bound
 
 STANDARD_NORMAL_2D_ENTROPY = 1 + math.log(2 * math.pi)

@@ -1,4 +1,4 @@
-"""The worker's reporter to the service (``trainer.control_plane``), without Ray or a service: an
+"""The worker's reporter to the service (``trainer.reporter``), without Ray or a service: an
 ``httpx.MockTransport`` plays the service. Non-finite numbers travel as strings, no report blocks the
 ones behind it, nothing raises into training, ``flush`` delivers what an outage held back within its
 deadline, and a full buffer gives up old metrics only."""
@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from trainer import control_plane
-from trainer.control_plane import ControlPlaneReporter, flush_deadline_s, json_safe
+from trainer import reporter as reporting
+from trainer.reporter import ControlPlaneReporter, flush_deadline_s, json_safe
 
 JOB = "job-1"
 PREFIX = f"/internal/v1/jobs/{JOB}/"
@@ -154,7 +154,7 @@ def test_flush_gives_up_at_its_deadline_and_says_what_is_left(caplog):
         reporter.metrics(row(step))
     reporter.checkpoint("step-00000003", 3, 0, "/p", {}, 2)
     start = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="trainer.control_plane"):
+    with caplog.at_level(logging.WARNING, logger="trainer.reporter"):
         left = reporter.flush(deadline_s=0.5)
     elapsed = time.monotonic() - start
     assert left == 4 and reporter.pending == 4
@@ -210,7 +210,7 @@ def test_a_refused_or_unsendable_report_is_dropped_and_does_not_block_the_next(c
 
     service = Service(answer)
     reporter = service.reporter()
-    with caplog.at_level(logging.ERROR, logger="trainer.control_plane"):
+    with caplog.at_level(logging.ERROR, logger="trainer.reporter"):
         reporter.metrics({"step": 1, "epoch": 0, "bad-name": 1.0})
         reporter.metrics({"step": 2, "epoch": 0, "bad-name": 1.0})
         reporter.metrics(row(3, weird=object()))  # the JSON encoder refuses it
@@ -241,13 +241,13 @@ def test_an_unexpected_error_of_the_transport_never_reaches_training():
 def test_a_full_buffer_drops_the_oldest_metrics_and_keeps_checkpoints_and_results(
     monkeypatch, caplog
 ):
-    monkeypatch.setattr(control_plane, "MAX_PENDING", 5)
+    monkeypatch.setattr(reporting, "MAX_PENDING", 5)
     up = False
     service = Service(
         lambda request, call: httpx.Response(204) if up else unreachable(request, call)
     )
     reporter = service.reporter()
-    with caplog.at_level(logging.WARNING, logger="trainer.control_plane"):
+    with caplog.at_level(logging.WARNING, logger="trainer.reporter"):
         reporter.checkpoint("step-00000001", 1, 0, "/p", {}, 2)
         for step in range(1, 5):
             reporter.metrics(row(step))
@@ -273,11 +273,11 @@ def test_a_full_buffer_drops_the_oldest_metrics_and_keeps_checkpoints_and_result
 
 def test_the_oldest_metrics_go_first():
     reporter = Service(unreachable).reporter()
-    for step in range(1, control_plane.MAX_PENDING + 3):
+    for step in range(1, reporting.MAX_PENDING + 3):
         reporter.metrics(row(step))
-    assert reporter.pending == control_plane.MAX_PENDING
+    assert reporter.pending == reporting.MAX_PENDING
     steps = [r.request["json"]["points"][0]["step"] for r in reporter._pending]
-    assert steps == list(range(3, control_plane.MAX_PENDING + 3))
+    assert steps == list(range(3, reporting.MAX_PENDING + 3))
     assert reporter.dropped == {"metrics": 2}
 
 

@@ -1,4 +1,4 @@
-"""Atomic checkpoints and the random state they carry.
+"""Atomic checkpoints, and the one way every state file is read back.
 
 A checkpoint is one ``torch.save`` file written to a temporary name in the target directory, flushed
 to disk, then renamed over the final name: a crash leaves either the previous checkpoint or the new
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import re
 import tempfile
 import threading
@@ -45,7 +44,7 @@ def _numpy_reconstruct():
 
 # Everything beyond tensors, containers and plain values that a checkpoint may hold: the one place to
 # extend. Only NumPy's legacy RNG state needs any: ``np.random.get_state()`` (a uint32 ndarray), as
-# checkpoints written before ``rng_state`` stored it as plain ints hold it (under either module path
+# checkpoints written before ``trainer.rng.rng_state`` stored it as plain ints hold it (under either module path
 # of ``_reconstruct``: NumPy 1 pickles name ``numpy.core``, NumPy 2 ``numpy._core``). Only the uint32
 # dtype can be built, so no array of Python objects loads.
 SAFE_GLOBALS: list[Any] = [
@@ -131,46 +130,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a checkpoint: {type(error).__name__}: {reason}"
         ) from None
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and (when present) CUDA generator states of this process."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": _numpy_rng_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def forked_rng(device: torch.device):
-    """A context in which random draws leave this process's streams (CPU, and ``device``'s when it
-    is a CUDA device) as they were: pictures and evaluations that must not change training."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    """NumPy's global generator state as plain values (``weights_only`` loads them as they are)."""
-    name, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
-    return {"bit_generator": str(name), "key": key.tolist(), "pos": int(position),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
-
-
-def _set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
-    """Restore ``_numpy_rng_state``, or the ``np.random.get_state()`` tuple of older checkpoints."""
-    if isinstance(state, dict):
-        key = np.asarray(state["key"], dtype=np.uint32)
-        state = (state["bit_generator"], key, state["pos"], state["has_gauss"], state["gauss"])
-    np.random.set_state(state)
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore ``rng_state`` (the generator states are CPU tensors, wherever the checkpoint was
-    mapped)."""
-    random.setstate(state["python"])
-    _set_numpy_rng_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.checkpoint import rng_state, set_rng_state
+from trainer.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 

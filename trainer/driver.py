@@ -78,8 +78,8 @@ def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from trainer.control_plane import ControlPlaneReporter
     from trainer.evaluate import run_linear_probe
+    from trainer.reporter import ControlPlaneReporter
 
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])

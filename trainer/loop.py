@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.artifacts import views_grid_png
-from trainer.checkpoint import forked_rng
 from trainer.config import SimCLRConfig
 from trainer.data.loader import steps_per_epoch
 from trainer.data.sources import BatchSource, build_source
@@ -29,6 +28,7 @@ from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_r
 from trainer.gradient_cache import gradient_cache_backward
 from trainer.log import step_progress
 from trainer.optim import set_learning_rate
+from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 from trainer.simclr import (
     LearningRateSchedule,

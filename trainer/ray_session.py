@@ -5,7 +5,7 @@ temporary directory; every rank reports, as Ray Train requires) and come back fr
 ``ray.train.get_checkpoint()`` after a restart. Metrics are also exported as Prometheus gauges
 through ``ray.util.metrics`` (tagged with the job id), so they appear in the Ray dashboard, and
 appended by rank 0 to ``<storage>/<job id>/metrics.jsonl`` and sent to the service
-(``trainer.control_plane``) with every checkpoint and artifact: Ray Train keeps only the metrics
+(``trainer.reporter``) with every checkpoint and artifact: Ray Train keeps only the metrics
 that come with a checkpoint.
 """
 
@@ -23,8 +23,8 @@ from ray.util.metrics import Gauge
 from torch import nn
 
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
-from trainer.control_plane import ControlPlaneReporter
 from trainer.global_bn import convert_to_global_batch_norm
+from trainer.reporter import ControlPlaneReporter
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from services.store.tables import (
     MetricPoint,
     utcnow,
 )
-from trainer.control_plane import json_safe
+from trainer.reporter import json_safe
 
 # The newest characters of an attempt's log that are kept (older chunks are dropped whole, so up
 # to one chunk more may stay): 4 Mi characters, a day of a chatty job's log at 50 bytes/s.

@@ -31,8 +31,8 @@ from trainer.data.datasets import (
     build_dataset,
     confine_dataset,
 )
-from trainer.gaussian import gaussian_log_density
 from trainer.generative.config import ToyDataConfig
+from trainer.generative.gaussian import gaussian_log_density
 
 DEFAULT_FOLDER_SIDE = 32
 DIGITS_LEVELS = 17

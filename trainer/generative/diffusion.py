@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.gaussian import (
+from trainer.generative.gaussian import (
     discretized_gaussian_log_likelihood,
     gaussian_kl,
     gaussian_log_density,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import SmallCNN
-from trainer.checkpoint import forked_rng
+from trainer.rng import forked_rng
 
 CLASSIFIER_WIDTH = 32
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from trainer.artifacts import curves_png, image_grid_png, scatter_png
-from trainer.checkpoint import forked_rng
 from trainer.data.loader import epoch_samplers, steps_per_epoch
 from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
 from trainer.generative.config import TrainingConfig
@@ -30,6 +29,7 @@ from trainer.generative.data import GenerativeData, load_generative_data
 from trainer.generative.frechet import ClassifierFeatures, FeatureDistance, InceptionFeatures
 from trainer.generative.tasks import TASKS, Task
 from trainer.log import step_progress
+from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 
 log = logging.getLogger(__name__)

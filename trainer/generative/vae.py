@@ -5,7 +5,7 @@
     IWAE_k(x) = E[ log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) ],  z_i ~ q(z|x)
 
 with q(z|x) = N(mean(x), diag exp(logvar(x))) and p(z) = N(0, I), the KL in closed form
-(``trainer.gaussian.gaussian_kl``). IWAE_1 = ELBO in expectation, IWAE_k is non-decreasing in k and
+(``trainer.generative.gaussian.gaussian_kl``). IWAE_1 = ELBO in expectation, IWAE_k is non-decreasing in k and
 tends to log p(x).
 
 A model has ``encode(x) -> (mean, logvar)`` and ``decode(z) -> decoder output``. Decoders:
@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from trainer.gaussian import (
+from trainer.generative.gaussian import (
     discretized_gaussian_log_likelihood,
     gaussian_kl,
     gaussian_log_density,
