@@ -14,6 +14,14 @@ use_token_auth_when_available()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs a Ray cluster (the session's head, directly or through a fixture) is
+    marked ``ray``: ``pytest -m "not ray"`` is the fast loop."""
+    for item in items:
+        if "ray_head" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -105,6 +113,6 @@ def store(database_url):
 @pytest.fixture
 def settings(ray_head, tmp_path):
     """Service settings on the session's Ray head, with a SQLite store in the test's directory."""
-    from tests.test_service_ray import service_settings
+    from tests.services.test_service_ray import service_settings
 
     return service_settings(ray_head, tmp_path, f"sqlite:///{tmp_path / 'simclr.db'}")

@@ -2,7 +2,8 @@
 
 A checkpoint is one ``torch.save`` file written to a temporary name in the target directory, flushed
 to disk, then renamed over the final name: a crash leaves either the previous checkpoint or the new
-one, never half of one. Files are named ``step-<8 digits>.pt`` so that the newest sorts last.
+one, never half of one. Files are named ``step-<8 digits>.pt`` (a Ray Train run keeps
+``step-<8 digits>/state.pt``) so that the newest sorts last.
 
 Every checkpoint (and every other state file a worker reads back, such as the feature cache of
 ``trainer.evaluate``) is read by ``load_checkpoint``: ``torch.load(..., weights_only=True)``, which builds

@@ -27,7 +27,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainer.config import LinearProbeConfig
 from trainer.kinds import KINDS
 from trainer.log import configure_logging
 from trainer.ray_auth import use_token_auth_when_available
@@ -79,7 +78,7 @@ def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from trainer.evaluate import run_linear_probe
-    from trainer.reporter import ControlPlaneReporter
+    from trainer.reporter import Reporter
 
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
@@ -90,7 +89,7 @@ def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
     )  # fmt: skip
     if result is not None:
         log.info("linear probe of %s: %s", spec.config.checkpoint, asdict(result))
-        reporter = ControlPlaneReporter.from_env(spec.job_id)
+        reporter = Reporter.from_env(spec.job_id)
         if reporter is not None:
             reporter.result(asdict(result))
             reporter.close()  # the result is the job's point: retry it until the flush deadline
@@ -153,9 +152,8 @@ def build_trainer(spec: JobSpec):
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=None
-                if isinstance(spec.config, LinearProbeConfig)
-                else spec.config.keep_checkpoints
+                # a kind whose config keeps no checkpoints (an evaluation) leaves Ray's default
+                num_to_keep=getattr(spec.config, "keep_checkpoints", None)
             ),
         ),
     )

@@ -1,14 +1,14 @@
 """The registry of job kinds: one row per kind, and everything else derives from it.
 
 A row names the kind, its config model (pydantic, validated by the service and again on the
-workers), its worker entry (``module:function``, imported only on the Ray Train workers, so
-that this module and everything the service imports stay free of torch), its role (it
+workers), its worker entry (``module:function``, imported by the driver on the cluster and never
+by the service, so that this module and everything the service imports stay free of torch), its role (it
 pretrains an encoder, evaluates one, or trains a generative model), its failure policy (how often
 Ray Train restarts its worker group; None: the job spec's default) and whether it reads a
 checkpoint of another job. Adding a kind is one config model, one worker module and one row;
 from the rows come the kinds ``JobSpec`` takes, those ``POST /v1/jobs`` takes (and documents),
 those an evaluation may score, the failure policy in each job spec and the driver's dispatch
-(``tests/test_kinds.py`` adds a toy kind in the test alone and runs it through all of them).
+(``tests/services/test_kinds.py`` adds a toy kind in the test alone and runs it through all of them).
 """
 
 from __future__ import annotations

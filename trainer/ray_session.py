@@ -24,7 +24,7 @@ from torch import nn
 
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
 from trainer.global_bn import convert_to_global_batch_norm
-from trainer.reporter import ControlPlaneReporter
+from trainer.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class RaySession:
         self.keep_checkpoints = keep_checkpoints
         local = "://" not in run_dir
         self.metrics_file = Path(run_dir) / "metrics.jsonl" if local and self.rank == 0 else None
-        self.reporter = ControlPlaneReporter.from_env(job_id) if self.rank == 0 else None
+        self.reporter = Reporter.from_env(job_id) if self.rank == 0 else None
         self._gauges = (
             {
                 name: Gauge(f"simclr_{name}", description, tag_keys=("job_id",))

@@ -96,7 +96,7 @@ class _Report:
     request: dict[str, Any]
 
 
-class ControlPlaneReporter:
+class Reporter:
     def __init__(
         self,
         job_id: str,
@@ -124,7 +124,7 @@ class ControlPlaneReporter:
         self.dropped: Counter[str] = Counter()
 
     @classmethod
-    def from_env(cls, job_id: str) -> ControlPlaneReporter | None:
+    def from_env(cls, job_id: str) -> Reporter | None:
         url, token = os.environ.get("SIMCLR_CONTROL_URL"), os.environ.get("SIMCLR_INTERNAL_TOKEN")
         return cls(job_id, url, token) if url and token else None
 

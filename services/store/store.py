@@ -316,6 +316,8 @@ class Store:
         """Count a failed submission; after ``fail_after`` of them the job fails with ``message``."""
         with self._writes.begin() as session:
             attempt = self._locked_attempt(session, submission)
+            if attempt.state != "new":  # cancelled (or submitted) meanwhile: nothing to fail
+                return
             attempt.submit_errors += 1
             attempt.message = message
             if attempt.submit_errors >= fail_after:

@@ -74,7 +74,7 @@ def test_max_steps_caps_the_run_but_not_the_schedule(tmp_path):
 
 
 def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
-    from tests.test_datasets import write_tree
+    from tests.trainer.test_datasets import write_tree
 
     root = write_tree(tmp_path / "tree", per_class=5)
     (root / "dog" / "zz-broken.jpg").write_bytes(b"garbage")

@@ -17,7 +17,7 @@ from services import cli
 from services.artifacts import MAX_ARTIFACT_BYTES
 from services.settings import Settings
 from services.store.tables import Job
-from tests.test_api import assert_problem, make_client, run_dir, submit, worker_auth
+from tests.services.test_api import assert_problem, make_client, run_dir, submit, worker_auth
 
 
 @pytest.fixture

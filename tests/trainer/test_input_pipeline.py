@@ -180,7 +180,7 @@ def test_simclr_streams_packed_shards_through_the_api_and_resumes_mid_epoch_on_t
     (as the service relaunches one), stopped at step 3 and resumed mid-epoch: 48 images / 8 = 6
     steps per epoch, so both go into the second epoch."""
     from services.client import Client
-    from tests.test_service_ray import ServiceThread
+    from tests.services.test_service_ray import ServiceThread
 
     client = Client(f"http://127.0.0.1:{settings.port}")
     with ServiceThread(settings):

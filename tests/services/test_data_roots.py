@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_api import assert_problem, make_client
+from tests.services.test_api import assert_problem, make_client
 from trainer.config import DatasetConfig
 from trainer.data.confine import confined, read_class_list
 from trainer.data.datasets import ImageFolderImages, build_dataset

@@ -20,8 +20,8 @@ from services.ray_head import free_port
 from services.settings import Settings
 from tests.conftest import POSTGRES_URL, _postgres_schema_url, postgres_schema
 from tests.faults import CuttableProxy
-from tests.test_service_ray import ServiceThread
-from trainer.reporter import ControlPlaneReporter
+from tests.services.test_service_ray import ServiceThread
+from trainer.reporter import Reporter
 
 # How long the database stays away: the audit's 30 s (longer than the pool's and the reporter's
 # first timeouts, so each of them has to cope with it).
@@ -53,7 +53,7 @@ def test_a_database_outage_during_a_run_loses_no_report(postgres_behind_a_proxy,
     with ServiceThread(settings, NoopDispatcher(), reconcile=False):
         job_id = httpx.post(f"{base}/v1/jobs", json={"kind": "simclr", "config": {
             "dataset": {"name": "digits"}}}).json()["id"]  # fmt: skip
-        reporter = ControlPlaneReporter(job_id, base, job_token(SECRET, job_id), timeout=5)
+        reporter = Reporter(job_id, base, job_token(SECRET, job_id), timeout=5)
         run_dir = settings.run_dir(job_id)
 
         def report(step: int) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from trainer import reporter as reporting
-from trainer.reporter import ControlPlaneReporter, flush_deadline_s, json_safe
+from trainer.reporter import Reporter, flush_deadline_s, json_safe
 
 JOB = "job-1"
 PREFIX = f"/internal/v1/jobs/{JOB}/"
@@ -50,8 +50,8 @@ class Service:
             self.received.append((request.method, what, body))
         return response
 
-    def reporter(self, **kwargs) -> ControlPlaneReporter:
-        return ControlPlaneReporter(
+    def reporter(self, **kwargs) -> Reporter:
+        return Reporter(
             JOB, "http://service.test/", "secret", transport=httpx.MockTransport(self), **kwargs
         )
 

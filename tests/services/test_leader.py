@@ -19,7 +19,7 @@ from services.reconciler import Reconciler
 from services.store.db import make_engine, migrate
 from services.store.store import Store
 from tests.conftest import _postgres_schema_url, postgres_schema
-from tests.test_reconciler import ScriptedRay, create
+from tests.services.test_reconciler import ScriptedRay, create
 
 
 def wait_for(condition, seconds: float = 10) -> None:

@@ -11,7 +11,7 @@ from services.app import create_app
 from services.client import Client
 from services.dispatcher import NoopDispatcher
 from services.settings import Settings
-from tests.test_api import worker_auth
+from tests.services.test_api import worker_auth
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from services.client import Client
 from tests.distributed import run_driver_process
-from tests.test_generative_jobs import KIND_SETTINGS, TOY
-from tests.test_service_ray import ServiceThread, wait_for
+from tests.services.test_service_ray import ServiceThread, wait_for
+from tests.trainer.test_generative_jobs import KIND_SETTINGS, TOY
 from trainer.kinds import kinds
 
 pytestmark = pytest.mark.slow

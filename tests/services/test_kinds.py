@@ -14,7 +14,7 @@ from services.app import create_app
 from services.dispatcher import NoopDispatcher, job_spec
 from services.settings import Settings
 from trainer.config import StrictModel
-from trainer.driver import worker_loop
+from trainer.driver import build_trainer, worker_loop
 from trainer.kinds import KINDS, Kind, kinds, register
 from trainer.spec import JobSpec
 
@@ -67,7 +67,9 @@ def test_a_kind_added_in_one_row_runs_through_the_api_and_the_driver(toy, databa
     (spec,) = dispatcher.specs
     assert (spec.kind, spec.config, spec.max_failures) == ("toy", ToyConfig(steps=5), 1)
 
-    worker_loop(spec.kind)({"spec": spec.model_dump(mode="json")})
+    trainer = build_trainer(spec)  # what the driver hands Ray Train
+    assert trainer.train_loop_per_worker is toy_worker
+    trainer.train_loop_per_worker({"spec": spec.model_dump(mode="json")})
     assert RAN[-1] == {"kind": "toy", "steps": 5}
 
 

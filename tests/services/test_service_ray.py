@@ -95,7 +95,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-# On the production store only: the other Ray tests run the service on SQLite, and tests/test_store.py
+# On the production store only: the other Ray tests run the service on SQLite, and tests/services/test_store.py
 # holds both stores to the same contract.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_job_runs_through_the_service_and_survives_a_service_restart(

@@ -28,12 +28,12 @@ from services.schemas import (
     ProbeResultOut,
 )
 from services.settings import Settings
-from tests.test_api import INTERNAL, assert_problem
+from tests.services.test_api import INTERNAL, assert_problem
 from trainer.config import LinearProbeSettings, read_mapping
 from trainer.kinds import KINDS
 from trainer.spec import Resources
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DIGITS = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max_steps": 2}
 GENERATIVE = {"data": {"name": "digits"}, "steps": 10}
 REQUEST_MODELS: list[type[BaseModel]] = [
@@ -48,7 +48,7 @@ RESPONSE_MODELS: list[type[BaseModel]] = [AttemptOut, JobOut, EvaluationOut, Art
 
 @pytest.fixture
 def api(tmp_path):
-    """The API in-process (as tests/test_api.py builds it) on SQLite, with the no-op dispatcher
+    """The API in-process (as tests/services/test_api.py builds it) on SQLite, with the no-op dispatcher
     and no capacity check, so a resource request is judged by its bounds alone. The service's
     state (database, job storage) lies apart from the data roots."""
     state = tmp_path / "state"

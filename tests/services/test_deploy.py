@@ -18,7 +18,7 @@ import yaml
 from services.cli import build_parser
 from services.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 KUBERAY = ROOT / "deploy" / "kuberay"
 

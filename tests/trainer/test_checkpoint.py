@@ -194,7 +194,7 @@ def test_new_checkpoints_need_no_allowed_globals_and_restore_numpy(tmp_path):
 
 
 def test_a_run_resumes_from_a_checkpoint_written_by_the_old_code(tmp_path):
-    from tests.test_pretrain import small_config
+    from tests.trainer.test_pretrain import small_config
     from trainer.pretrain import pretrain
 
     config = small_config(checkpoint_every_steps=2)

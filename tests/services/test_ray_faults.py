@@ -21,10 +21,10 @@ import pytest
 from services.client import Client
 from services.ray_head import free_port, start_head
 from services.settings import Settings
-from tests.test_service_ray import DIGITS, ServiceThread, wait_for
+from tests.services.test_service_ray import DIGITS, ServiceThread, wait_for
 from trainer.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.fault
+pytestmark = [pytest.mark.fault, pytest.mark.ray]
 
 STEPS = 24
 

@@ -266,3 +266,11 @@ def test_a_job_moves_only_as_the_table_of_states_allows(store):
     assert store.request_cancel(job.id).status == "cancelling"
     assert store.update_attempt(second, "stopped").status == "cancelled"
     assert store.retry(job.id).status == "queued"
+
+
+def test_a_submission_failing_for_good_after_a_cancel_leaves_the_job_cancelled(store):
+    job, _ = new_job(store)
+    submission = job.attempts[0].submission_id
+    assert store.request_cancel(job.id).status == "cancelled"  # it never reached Ray
+    store.record_submit_error(submission, "runtime env invalid", fail_after=1)
+    assert store.get_job(job.id).status == "cancelled"
