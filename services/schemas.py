@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from services.states import JOB_STATUSES
 from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
@@ -21,8 +22,13 @@ def submittable_kinds() -> list[str]:
 
 
 def submittable(kind: str) -> str:
-    if kind not in submittable_kinds():
-        raise ValueError(f"kind must be one of {', '.join(submittable_kinds())}")
+    """Refused as pydantic refuses a value outside a ``Literal`` (the error clients know)."""
+    allowed = submittable_kinds()
+    if kind not in allowed:
+        quoted = [repr(name) for name in allowed]
+        expected = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": expected})  # fmt: skip
     return kind
 
 

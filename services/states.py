@@ -1,5 +1,6 @@
 """The states of a job and of its attempts, and the moves allowed between a job's states: the one
-place they are listed (the store, the API's schemas, the reconciler and the client import them).
+place the job states and the groups of attempt states are listed (the store, the API's schemas,
+the reconciler and the client import them).
 
 A job is ``queued`` until Ray runs its latest attempt, ``running`` while it does, ``cancelling``
 once a user asked to stop it, and ends ``succeeded``, ``failed`` or ``cancelled``; a failed or
@@ -23,16 +24,6 @@ JOB_MOVES: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),
 }
 
-ATTEMPT_STATES = (
-    "new",
-    "submitted",
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "stopped",
-    "lost",
-)
 # Attempt states in which Ray may still be running the job.
 LIVE_ATTEMPT_STATES = ("submitted", "pending", "running")
 # Attempt states after which Ray runs nothing more of it and its log no longer grows.

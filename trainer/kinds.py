@@ -76,3 +76,4 @@ for row in (
     Kind("flow", FlowConfig, GENERATIVE_WORKER, "generate"),
 ):
     register(row)
+del row

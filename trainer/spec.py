@@ -45,7 +45,8 @@ class JobSpec(StrictModel):
     @classmethod
     def _config_of_its_kind(cls, data: Any) -> Any:
         """Validate ``config`` with the model of ``kind`` (errors then name that model's fields)."""
-        kind = isinstance(data, dict) and KINDS.get(data.get("kind", "simclr"))
+        name = data.get("kind", "simclr") if isinstance(data, dict) else None
+        kind = isinstance(name, str) and KINDS.get(name)
         if not kind:
             return data
         config = data.get("config")

@@ -313,7 +313,8 @@ class Store:
         return result.rowcount == 1
 
     def record_submit_error(self, submission: str, message: str, fail_after: int) -> None:
-        """Count a failed submission; after ``fail_after`` of them the job fails with ``message``."""
+        """Count a failed submission; after ``fail_after`` of them the job fails with ``message``.
+        An attempt no longer ``new`` (cancelled, or submitted by another process) counts none."""
         with self._writes.begin() as session:
             attempt = self._locked_attempt(session, submission)
             if attempt.state != "new":  # cancelled (or submitted) meanwhile: nothing to fail
