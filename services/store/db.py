@@ -80,9 +80,8 @@ def _run(engine: Engine, alembic_command) -> None:
     config = alembic_config()
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
-        if (
-            sqlite
-        ):  # a no-op inside a transaction: set before one begins, on the driver's connection
+        # a no-op inside a transaction: set before one begins, on the driver's connection
+        if sqlite:
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         try:
             with connection.begin():

@@ -78,6 +78,8 @@ def test_a_kind_is_taken_once_and_an_unknown_one_is_refused_by_name():
         register(Kind("simclr", ToyConfig, f"{__name__}:toy_worker", "pretrain"))
     with pytest.raises(ValidationError, match="no job kind 'nope'; the kinds are simclr"):
         JobSpec(job_id="j", kind="nope", config={}, storage_path="/runs")
+    with pytest.raises(ValidationError, match="kind"):  # not a name at all: refused, not a crash
+        JobSpec.model_validate({"job_id": "j", "kind": [], "config": {}, "storage_path": "/r"})
     with pytest.raises(ValidationError, match="kind 'simclr' takes a SimCLRConfig"):
         JobSpec(job_id="j", kind="simclr", config=ToyConfig(), storage_path="/runs")
 

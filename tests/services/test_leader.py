@@ -20,13 +20,7 @@ from services.store.db import make_engine, migrate
 from services.store.store import Store
 from tests.conftest import _postgres_schema_url, postgres_schema
 from tests.services.test_reconciler import ScriptedRay, create
-
-
-def wait_for(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+from tests.services.test_service_ray import wait_for
 
 
 def test_a_file_lock_has_one_holder_until_it_is_released(tmp_path):
@@ -110,7 +104,9 @@ def test_an_advisory_lock_is_lost_with_its_connection_and_taken_over(postgres_ur
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             admin.commit()
         assert not holder.held()  # it notices, and stops leading
-        wait_for(successor.held)  # once the server has ended the holder's session
+        wait_for(
+            successor.held, 10, "the lock to be free", poll=0.02
+        )  # once the server has ended the holder's session
         assert not holder.held()
     finally:
         holder.release()
@@ -151,13 +147,13 @@ def test_only_the_leading_reconciler_passes_and_another_takes_over_when_it_stops
         reconcilers.append(Reconciler(Store(engine), dispatcher, 0.05, leader=leader_lock(engine)))
     try:
         reconcilers[0].start()
-        wait_for(lambda: reconcilers[0].leading)
+        wait_for(lambda: reconcilers[0].leading, 10, "a leader", poll=0.02)
         reconcilers[1].start()
         job = create(store)
         first = job.attempts[0].submission_id
-        wait_for(lambda: ray.jobs.get(first) == "pending")
+        wait_for(lambda: ray.jobs.get(first) == "pending", 10, "a submission", poll=0.02)
         ray.jobs[first] = "running"
-        wait_for(lambda: store.get_job(job.id).status == "running")
+        wait_for(lambda: store.get_job(job.id).status == "running", 10, "running", poll=0.02)
         time.sleep(0.3)  # several passes of both
         assert processes[0].submitted() == [first]
         assert {"state", "logs"} <= {name for name, _ in processes[0].calls}
@@ -166,10 +162,10 @@ def test_only_the_leading_reconciler_passes_and_another_takes_over_when_it_stops
 
         reconcilers[0].stop()  # the leader's process ends: its lock is released
         second = create(store).attempts[0].submission_id
-        wait_for(lambda: processes[1].submitted() == [second])
+        wait_for(lambda: processes[1].submitted() == [second], 10, "the new leader", poll=0.02)
         assert reconcilers[1].leading
         ray.jobs[first] = "succeeded"  # the new leader follows what the old one submitted
-        wait_for(lambda: store.get_job(job.id).status == "succeeded")
+        wait_for(lambda: store.get_job(job.id).status == "succeeded", 10, "success", poll=0.02)
         assert ray.submits == 2
     finally:
         for reconciler in reconcilers:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -19,18 +18,9 @@ from pydantic import ValidationError
 
 from services.ray_head import free_port
 from services.settings import Settings
+from tests.services.test_service_ray import wait_for
 
 LEADS = re.compile(r"process (\d+) runs the reconciler")
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def answers(base: str) -> bool:
@@ -122,3 +112,11 @@ def test_sigterm_to_a_single_process_stops_the_local_head(tmp_path):
 def test_an_in_memory_database_is_refused_with_what_to_set():
     with pytest.raises(ValidationError, match="SIMCLR_DATABASE_URL to a database file"):
         Settings(database_url="sqlite://")
+
+
+@pytest.mark.parametrize("field, value", [("workers", 0), ("workers", 10**12),
+                                          ("request_threads", 0), ("request_threads", 10**12),
+                                          ("workers", float("nan"))])  # fmt: skip
+def test_process_and_thread_counts_are_bounded(field, value):
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
