@@ -177,9 +177,9 @@ def test_a_crash_before_or_during_submission_leaves_exactly_one_ray_job(settings
     store = Store(make_engine(settings.database_url))
     migrate(store.engine)
     dispatcher = RayDispatcher(settings.ray_address, settings)
-    written, _ = store.create_job(kind="simclr", name=None, config={**DIGITS, "epochs": 100},
+    written, _ = store.create_job(kind="simclr", name=None, config=DIGITS,
                                   resources={"num_workers": 1}, max_attempts=3)  # fmt: skip
-    taken, _ = store.create_job(kind="simclr", name=None, config={**DIGITS, "epochs": 100},
+    taken, _ = store.create_job(kind="simclr", name=None, config=DIGITS,
                                 resources={"num_workers": 1}, max_attempts=3)  # fmt: skip
     dispatcher.submit(store.get_job(taken.id), f"{taken.id}-a1")  # Ray has it; the record not
     assert store.attempt(f"{taken.id}-a1").state == "new"
