@@ -17,10 +17,14 @@ from services.telemetry import LatencyMiddleware
 
 
 def create_app(
-    settings: Settings | None = None, dispatcher: Dispatcher | None = None, reconcile: bool = True
+    settings: Settings | None = None,
+    dispatcher: Dispatcher | None = None,
+    reconcile: bool = True,
+    migrated: bool = False,
 ) -> FastAPI:
     """The API over a ``Service`` started in the app's lifespan. ``dispatcher`` replaces Ray (the
-    no-op one for benchmarks and API tests); ``reconcile=False`` leaves the reconciler off."""
+    no-op one for benchmarks and API tests); ``reconcile=False`` leaves the reconciler off;
+    ``migrated``: the schema is at head already, do not migrate at start-up."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -28,7 +32,7 @@ def create_app(
         # sync routes run on anyio's thread pool (40 threads by default): fewer threads contend
         # less for Python's lock (docs/benchmarks.md, the API's processes and threads)
         to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        app.state.service = Service.start(settings, dispatcher, reconcile)
+        app.state.service = Service.start(settings, dispatcher, reconcile, migrated)
         try:
             yield
         finally:

@@ -14,11 +14,13 @@ whichever worker answers the scrape.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 
 import uvicorn
@@ -32,6 +34,7 @@ from services.settings import Settings
 from services.store.db import make_engine, migrate
 
 SETTINGS_ENV = "SIMCLR_SERVE_SETTINGS"
+PARENT_ENV = "SIMCLR_SERVE_PARENT"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 log = logging.getLogger("simclr.serve")
 
@@ -57,6 +60,7 @@ def serve(settings: Settings, app: str = "services.server:app", local_head: bool
     try:
         # set after the head started: the head and its jobs must not inherit the settings
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[PARENT_ENV] = str(os.getpid())
         os.environ.pop(METRICS_ENV, None)  # one process keeps its histograms in memory
         if settings.workers > 1:  # local to this machine, never on a storage others share
             metrics = tempfile.mkdtemp(prefix="simclr-metrics-")
@@ -85,6 +89,19 @@ def configure_logging() -> None:
     )
 
 
+def end_with_the_parent() -> None:
+    """In a worker of ``serve``: have the kernel send this process SIGTERM (uvicorn's graceful
+    shutdown) when ``serve`` ends, also when it is SIGKILLed. Otherwise its workers would go on
+    serving the socket, and one of them reconciling, with nothing left to stop them (Linux only)."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_settings() -> Settings:
     """The settings ``serve`` resolved, in one of its workers."""
     return Settings.model_validate_json(os.environ[SETTINGS_ENV])
@@ -94,7 +111,10 @@ def app(dispatcher: Dispatcher | None = None, reconcile: bool = True) -> FastAPI
     """The app of one worker (uvicorn calls it in each); ``dispatcher`` and ``reconcile`` as
     ``create_app`` takes them."""
     configure_logging()
-    application = create_app(worker_settings(), dispatcher, reconcile)
+    end_with_the_parent()
+    # migrated by the parent: a worker that uvicorn restarts while the database is down starts
+    # anyway and answers 503 until it is back, instead of failing in its migration
+    application = create_app(worker_settings(), dispatcher, reconcile, migrated=True)
     # what is alive now (modules, routes, models) lives as long as the process: kept out of the
     # collector's scans, whose full passes otherwise stall requests for tens of ms
     # (docs/benchmarks.md: p99 of a job list at one client, back to back, 62-76 ms -> 9-11 ms)

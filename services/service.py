@@ -60,12 +60,18 @@ class Service:
 
     @classmethod
     def start(
-        cls, settings: Settings, dispatcher: Dispatcher | None = None, reconcile: bool = True
+        cls,
+        settings: Settings,
+        dispatcher: Dispatcher | None = None,
+        reconcile: bool = True,
+        migrated: bool = False,
     ) -> Service:
-        """Migrate the database, start or attach to Ray, start reconciling."""
+        """Migrate the database (unless ``migrated``: ``simclr serve`` did it before starting its
+        workers), start or attach to Ray, start reconciling."""
         settings = settings.model_copy(update={"internal_token": internal_token(settings)})
         engine = make_engine(settings.database_url, settings.request_threads)
-        migrate(engine)
+        if not migrated:
+            migrate(engine)
         store = Store(engine)
         head = None
         if dispatcher is None:

@@ -120,3 +120,55 @@ def test_an_in_memory_database_is_refused_with_what_to_set():
 def test_process_and_thread_counts_are_bounded(field, value):
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
+
+
+def test_a_worker_started_while_the_database_is_down_answers_503_until_it_is_back(
+    tmp_path, monkeypatch
+):
+    """The parent migrated; a worker (re)started by uvicorn while the database is unreachable
+    must not fail in a migration of its own: it comes up and says the database is down."""
+    from fastapi.testclient import TestClient
+
+    from services import server
+    from services.dispatcher import NoopDispatcher
+
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
+    settings = Settings(database_url=down, storage_path=str(tmp_path / "runs"),
+                        data_roots=[str(tmp_path / "data")], internal_token="secret")  # fmt: skip
+    monkeypatch.setenv(server.SETTINGS_ENV, settings.model_dump_json())
+    with TestClient(server.app(NoopDispatcher())) as api:
+        assert api.get("/healthz").status_code == 200
+        listed = api.get("/v1/jobs")
+        assert listed.status_code == 503, listed.text
+        assert listed.headers["content-type"] == "application/problem+json"
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+
+
+def test_the_workers_end_when_serve_is_killed(tmp_path):
+    """SIGKILL to ``simclr serve`` (an OOM kill, ``kill -9`` by an operator) leaves no worker
+    serving the port or reconciling with nothing left to stop it."""
+    port = free_port()
+    env = {**os.environ, "SIMCLR_RAY_ADDRESS": "http://127.0.0.1:9"}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--workers", "2"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        workers = wait_for(
+            lambda: len(found := re.findall(r"Started server process \[(\d+)\]",
+                                            log.read_text())) == 2 and found,
+            60, "both workers",
+        )  # fmt: skip
+    finally:
+        server.kill()
+        server.wait(timeout=60)
+
+    def ended(pid: str) -> bool:  # gone, or a zombie whose parent is gone and init reaps it
+        status = Path(f"/proc/{pid}/status")
+        return not status.exists() or "zombie" in status.read_text()
+
+    wait_for(lambda: all(ended(pid) for pid in workers), 30, "the workers to end")
+    assert not answers(f"http://127.0.0.1:{port}")

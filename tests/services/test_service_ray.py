@@ -15,7 +15,7 @@ import uvicorn
 
 from services.app import create_app
 from services.client import Client
-from services.dispatcher import RayDispatcher, unplaceable_reason
+from services.dispatcher import STOP_GRACE_S, RayDispatcher, unplaceable_reason
 from services.ray_head import free_port
 from services.reconciler import Reconciler
 from services.settings import Settings
@@ -197,6 +197,23 @@ def test_a_crash_before_or_during_submission_leaves_exactly_one_ray_job(settings
         for job in (written, taken):
             dispatcher.stop(f"{job.id}-a1")
         store.engine.dispose()
+    # stopped during start-up, before Ray Train took SIGINT over: the drivers still end, at the
+    # latest when Ray's SIGKILL follows the grace period
+    wait_for(lambda: not any(driver_pids(job.id) for job in (written, taken)), STOP_GRACE_S + 30,
+             "both drivers to exit")  # fmt: skip
+
+
+def driver_pids(job_id: str) -> list[int]:
+    """The live processes of this machine whose command line names ``job_id`` (its driver)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            named = job_id.encode() in (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if named and proc.name.isdigit() and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
 
 
 def test_readiness_reports_an_unreachable_cluster_and_jobs_wait_queued(tmp_path):
