@@ -94,8 +94,8 @@ def end_with_the_parent() -> None:
     shutdown) when ``serve`` ends, also when it is SIGKILLed. Otherwise its workers would go on
     serving the socket, and one of them reconciling, with nothing left to stop them (Linux only)."""
     parent = os.environ.get(PARENT_ENV)
-    if parent is None or not sys.platform.startswith("linux"):
-        return
+    if parent is None or int(parent) == os.getpid() or not sys.platform.startswith("linux"):
+        return  # not started by serve, or serve itself (one process: no workers of its own)
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != int(parent):  # it died before the request was made
