@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_summary
-from trainer.spec import JobSpec
+from trainer.contracts.spec import JobSpec
 
 PER_WORKER_BATCH = 64
 LOCAL_RUN = """
 import json, sys
-from trainer.config import SimCLRConfig
-from trainer.loop import run_simclr
+from trainer.contracts.config import SimCLRConfig
+from trainer.simclr_loop import run_simclr
 from trainer.session import LocalSession
 run_simclr(SimCLRConfig.model_validate(json.loads(sys.argv[1])), LocalSession(sys.argv[2]), progress=False)
 """

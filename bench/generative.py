@@ -27,11 +27,11 @@ import torch
 
 from bench.common import machine_summary
 from bench.distributed import ray_run, steady_rate
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
+from trainer.contracts.kinds import KINDS, kinds
 from trainer.generative.data import DIGITS_LEVELS, load_images
 from trainer.generative.frechet import ClassifierFeatures
 from trainer.generative.loop import run_generative
-from trainer.kinds import KINDS, kinds
 from trainer.session import LocalSession
 
 UNET = {"base_channels": 32, "channel_mults": [1, 2], "blocks_per_resolution": 1,

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from bench.common import machine_summary
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.data.datasets import ImageFolderImages
 from trainer.data.loader import EpochBatches, collate_padded

@@ -4,7 +4,7 @@
 
 1. Pretrains SimCLR (small CNN, one process) on digits (``configs/digits-demo.yaml``) and on a
    32-px synthetic set of ``--synthetic-images`` images, then scores each final checkpoint with
-   ``trainer.evaluate.run_linear_probe`` at the protocol's epoch count (90): fast (features
+   ``trainer.linear_probe.run_linear_probe`` at the protocol's epoch count (90): fast (features
    extracted once, classifier on the cache), augmented (the paper's random-resized-crop 0.08-1 +
    flip through the frozen encoder every epoch), and augmented with milder crops and no flip.
    Wall time and top-1 of each, and fast mode's speed-up over the paper's protocol.
@@ -24,12 +24,12 @@ import torch
 
 from bench.common import machine_summary
 from trainer.checkpoint import save_atomic
-from trainer.config import LinearProbeConfig, SimCLRConfig, load_config
+from trainer.contracts.config import LinearProbeConfig, SimCLRConfig, load_config
 from trainer.data.datasets import build_dataset
-from trainer.evaluate import run_linear_probe
-from trainer.linear_probe import train_linear_probe
+from trainer.linear_classifier import train_linear_probe
+from trainer.linear_probe import run_linear_probe
 from trainer.pretrain import pretrain
-from trainer.simclr import build_model
+from trainer.simclr_recipe import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 # (label, mode, settings): the paper's augmented protocol, and one with crops that keep most of a

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from services.ray_head import free_port, start_head
-from trainer.ray_auth import ray_auth_headers
+from trainer.contracts.ray_auth import ray_auth_headers
 
 CONFIG = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max_steps": 10}
 CONCURRENCY = (1, 16, 64)

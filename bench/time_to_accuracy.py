@@ -10,7 +10,7 @@ the clock starts, for every contender alike.
 
 Contenders, one after the other on this machine's cores, each with the same wall-clock budget
 (data loading and augmentation included):
-- ours: ``trainer.loop.run_simclr`` (batched augmentation on the uint8 batch, NT-Xent, LARS,
+- ours: ``trainer.simclr_loop.run_simclr`` (batched augmentation on the uint8 batch, NT-Xent, LARS,
   warm-up + cosine per step);
 - lightly: its ``SimCLRTransform`` per image in a torch ``DataLoader`` (``--lightly-workers``
   processes), its ``NTXentLoss`` and ``LARS``, with the SAME backbone and head modules, batch,
@@ -22,7 +22,7 @@ the paper's main-text 0.3 x B/256).
 Each run's length in steps is set from its own step time, measured over a few steps before the
 clock starts, so that its cosine schedule ends with the budget; checkpoints at ``--points`` even
 fractions of it are scored afterwards (the probe's time is not in the budget): fast-mode features
-of the centre view, the linear classifier of ``trainer.linear_probe`` (90 epochs).
+of the centre view, the linear classifier of ``trainer.linear_classifier`` (90 epochs).
 Writes a table, a PNG plot (``--plot``) and where each pipeline's time goes.
 """
 
@@ -39,16 +39,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bench.common import machine_summary
-from trainer.config import SimCLRConfig
+from trainer.contracts.config import SimCLRConfig
 from trainer.data.datasets import ImageFolderImages, InMemoryImages, load_digits_split
 from trainer.data.loader import steps_per_epoch
-from trainer.linear_probe import ProbeResult, extract_features, train_linear_probe
-from trainer.loop import run_simclr
+from trainer.linear_classifier import ProbeResult, extract_features, train_linear_probe
 from trainer.losses import nt_xent
 from trainer.optim import lars_param_groups
 from trainer.plots import pyplot
 from trainer.session import LocalSession
-from trainer.simclr import (
+from trainer.simclr_loop import run_simclr
+from trainer.simclr_recipe import (
     LearningRateSchedule,
     build_augment,
     build_model,

@@ -23,8 +23,8 @@ from typing import Any
 from tqdm import tqdm
 
 from services.client import ApiError, Client
-from services.states import TERMINAL
-from trainer.config import read_mapping
+from trainer.contracts.config import read_mapping
+from trainer.contracts.states import TERMINAL
 
 
 def serve(args: argparse.Namespace) -> None:

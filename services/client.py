@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from services.states import TERMINAL
+from trainer.contracts.states import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -17,9 +17,9 @@ import httpx
 from services.auth import job_token
 from services.settings import Settings
 from services.store.store import JobRecord
-from trainer.kinds import KINDS
-from trainer.ray_auth import ray_auth_headers
-from trainer.spec import JobSpec
+from trainer.contracts.kinds import KINDS
+from trainer.contracts.ray_auth import ray_auth_headers
+from trainer.contracts.spec import JobSpec
 
 # Seconds Ray waits for a stopped job's driver to abort its run before it sends SIGKILL.
 STOP_GRACE_S = 30

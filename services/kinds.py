@@ -1,4 +1,4 @@
-"""Validating a job's config as its kind's model (the registry, ``trainer.kinds``), with errors
+"""Validating a job's config as its kind's model (the registry, ``trainer.contracts.kinds``), with errors
 located in the request."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.config import DatasetConfig
-from trainer.kinds import KINDS
+from trainer.contracts.config import DatasetConfig
+from trainer.contracts.kinds import KINDS
 
 
 class ConfigError(ValueError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from trainer.ray_auth import ray_auth_headers
+from trainer.contracts.ray_auth import ray_auth_headers
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from pydantic import ValidationError
 from services.backfill import backfill
 from services.dispatcher import Dispatcher, DispatchError
 from services.leader import Alone, LeaderLock
-from services.states import FINISHED_ATTEMPT_STATES, LIVE_ATTEMPT_STATES
 from services.store.store import NotFound, Store
+from trainer.contracts.states import FINISHED_ATTEMPT_STATES, LIVE_ATTEMPT_STATES
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from services.states import JOB_STATUSES
-from trainer.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
-from trainer.kinds import KINDS
-from trainer.spec import Resources
+from trainer.contracts.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
+from trainer.contracts.kinds import KINDS
+from trainer.contracts.spec import Resources
+from trainer.contracts.states import JOB_STATUSES
 
 
 def submittable_kinds() -> list[str]:

@@ -23,8 +23,8 @@ from services.kinds import ConfigError, validate_model
 from services.schemas import EvaluationCreate
 from services.service import Service
 from services.store.store import JobRecord
-from trainer.config import LinearProbeConfig, LinearProbeSettings
-from trainer.kinds import kinds
+from trainer.contracts.config import LinearProbeConfig, LinearProbeSettings
+from trainer.contracts.kinds import kinds
 
 
 def submit(

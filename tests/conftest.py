@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from trainer.ray_auth import use_token_auth_when_available
+from trainer.contracts.ray_auth import use_token_auth_when_available
 
 # Ray reads RAY_AUTH_MODE when it is imported: a client of a token cluster must say so first.
 use_token_auth_when_available()

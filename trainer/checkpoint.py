@@ -6,7 +6,7 @@ one, never half of one. Files are named ``step-<8 digits>.pt`` (a Ray Train run 
 ``step-<8 digits>/state.pt``) so that the newest sorts last.
 
 Every checkpoint (and every other state file a worker reads back, such as the feature cache of
-``trainer.evaluate``) is read by ``load_checkpoint``: ``torch.load(..., weights_only=True)``, which builds
+``trainer.linear_probe``) is read by ``load_checkpoint``: ``torch.load(..., weights_only=True)``, which builds
 only tensors, containers and plain Python values plus the few types in ``SAFE_GLOBALS``. A file that
 names any other class or function (a pickle that would run code when loaded) is refused with a
 ``CheckpointError`` before anything in it runs: whoever can write to the storage must not be able to

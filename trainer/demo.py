@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import load_checkpoint
-from trainer.config import load_config
+from trainer.contracts.config import load_config
 from trainer.data.datasets import build_dataset
-from trainer.linear_probe import extract_features, train_linear_probe
+from trainer.linear_classifier import extract_features, train_linear_probe
 from trainer.log import configure_logging
 from trainer.pretrain import pretrain
-from trainer.simclr import build_model
+from trainer.simclr_recipe import build_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits-demo.yaml"
 

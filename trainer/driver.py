@@ -18,102 +18,42 @@ cluster refuses it. The Ray dashboard lists Train runs only when the driver runs
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from trainer.kinds import KINDS
+from trainer.contracts.kinds import KINDS
+from trainer.contracts.ray_auth import use_token_auth_when_available
+from trainer.contracts.spec import JobSpec
 from trainer.log import configure_logging
-from trainer.ray_auth import use_token_auth_when_available
-from trainer.spec import JobSpec
+
+if TYPE_CHECKING:
+    from trainer.session import TrainingSession
 
 log = logging.getLogger("trainer.driver")
 
 
-def simclr_worker_loop(loop_config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs: the shared SimCLR loop on a ``RaySession``."""
-    from trainer.loop import run_simclr
+def ray_worker(loop_config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs, whatever the kind: a ``RaySession`` for its rank, then
+    the kind's worker entry on it (``run_kind``)."""
     from trainer.ray_session import RaySession
 
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
-    session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    source = dataset = None
-    if spec.config.dataset.loader == "torch":
-        from trainer.data.datasets import build_dataset
+    keep = getattr(spec.config, "keep_checkpoints", None)  # a kind that keeps none: an evaluation
+    run_kind(spec, RaySession(spec.job_id, loop_config["run_dir"], keep, loop_config.get("stream")))
 
-        # listed here, every folder and image resolved and checked against the job's data roots
-        dataset = build_dataset(spec.config.dataset, "train", spec.data_roots)
-    if spec.config.dataset.loader == "ray_data":
-        import ray.train
 
-        from trainer.data.ray_data import IndexLog, RayDataSource
-
-        stream = loop_config["stream"]
-        index_log = None
-        if spec.config.dataset.log_indices:
-            index_log = IndexLog(
-                Path(loop_config["run_dir"], "indices", f"rank-{session.rank}.jsonl")
-            )
-        source = RayDataSource(
-            ray.train.get_dataset_shard("train"), stream["images"], spec.config.batch_size,
-            session.world_size, stream["start_step"], index_log,
-        )  # fmt: skip
+def run_kind(spec: JobSpec, session: TrainingSession) -> None:
+    """``spec``'s kind's worker entry (its registry row's ``worker``) on ``session``, then the
+    session's reports delivered, also when the run failed."""
     try:
-        run_simclr(spec.config, session, progress=False, source=source, dataset=dataset)
+        KINDS[spec.kind].entry()(spec, session)
     finally:
-        session.close()  # deliver what is pending, also when the run failed
-
-
-def linear_probe_worker_loop(loop_config: dict[str, Any]) -> None:
-    """A linear evaluation (``trainer.evaluate``) on one rank; rank 0 reports the result."""
-    from dataclasses import asdict
-
-    import ray.train
-    import ray.train.torch
-
-    from trainer.evaluate import run_linear_probe
-    from trainer.reporter import Reporter
-
-    configure_logging()
-    spec = JobSpec.model_validate(loop_config["spec"])
-    context = ray.train.get_context()
-    result = run_linear_probe(
-        spec.config, loop_config["storage"], context.get_world_rank(), context.get_world_size(),
-        ray.train.torch.get_device(), prepare=ray.train.torch.prepare_model, roots=spec.data_roots,
-    )  # fmt: skip
-    if result is not None:
-        log.info("linear probe of %s: %s", spec.config.checkpoint, asdict(result))
-        reporter = Reporter.from_env(spec.job_id)
-        if reporter is not None:
-            reporter.result(asdict(result))
-            reporter.close()  # the result is the job's point: retry it until the flush deadline
-
-
-def generative_worker_loop(loop_config: dict[str, Any]) -> None:
-    """A DDPM, VAE, GAN, DiffuseVAE or flow job (``trainer.generative.loop``) on a ``RaySession``."""
-    from trainer.generative.loop import run_generative
-    from trainer.ray_session import RaySession
-
-    configure_logging()
-    spec = JobSpec.model_validate(loop_config["spec"])
-    session = RaySession(spec.job_id, loop_config["run_dir"], spec.config.keep_checkpoints)
-    try:
-        run_generative(spec.kind, spec.config, session, progress=False, roots=spec.data_roots)
-    finally:
-        session.close()  # deliver what is pending, also when the run failed
-
-
-def worker_loop(kind: str) -> Callable[[dict[str, Any]], None]:
-    """The function every Ray Train worker of a ``kind`` job runs: its registry row's ``worker``
-    (``module:function``), imported here, on the driver, and pickled to the workers."""
-    module, _, function = KINDS[kind].worker.partition(":")
-    return getattr(importlib.import_module(module), function)
+        session.close()
 
 
 def build_trainer(spec: JobSpec):
@@ -128,17 +68,16 @@ def build_trainer(spec: JobSpec):
     storage = spec.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
+    spec = spec.model_copy(
+        update={"storage_path": storage}
+    )  # the workers' working directory differs
     run_dir = f"{storage.rstrip('/')}/{spec.job_id}"
-    loop_config: dict[str, Any] = {
-        "spec": spec.model_dump(mode="json"),
-        "storage": storage,
-        "run_dir": run_dir,
-    }
+    loop_config: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "run_dir": run_dir}
     streaming: dict[str, Any] = {}
     if spec.kind == "simclr" and spec.config.dataset.loader == "ray_data":
         loop_config["stream"], streaming = ray_data_stream(spec, run_dir)
     return TorchTrainer(
-        worker_loop(spec.kind),
+        ray_worker,
         train_loop_config=loop_config,
         **streaming,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
@@ -182,9 +121,10 @@ def ray_data_stream(spec: JobSpec, run_dir: str) -> tuple[dict[str, Any], dict[s
         start_epoch,
     )
     return (
-        {"images": images, "start_step": start_epoch * per_epoch},
+        {"images": images, "start_step": start_epoch * per_epoch, "batch_size": config.batch_size,
+         "log_indices": config.dataset.log_indices},
         {"datasets": {"train": stream}, "dataset_config": data_config()},
-    )
+    )  # fmt: skip
 
 
 def run(spec: JobSpec):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import SimCLRConfig, load_config
+from trainer.contracts.config import SimCLRConfig, load_config
 from trainer.log import configure_logging
-from trainer.loop import RunResult, run_simclr
 from trainer.session import LocalSession
+from trainer.simclr_loop import RunResult, run_simclr
 
 log = logging.getLogger("trainer.pretrain")
 
@@ -40,7 +40,7 @@ def pretrain(
     stop_after: int | None = None,
     progress: bool = True,
 ) -> PretrainResult:
-    """Train (or resume) in ``output_dir``; see ``trainer.loop.run_simclr``."""
+    """Train (or resume) in ``output_dir``; see ``trainer.simclr_loop.run_simclr``."""
     session = LocalSession(output_dir, device, keep=config.keep_checkpoints)
     result = run_simclr(config, session, stop_after=stop_after, progress=progress)
     return PretrainResult(

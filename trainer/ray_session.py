@@ -23,6 +23,7 @@ from ray.util.metrics import Gauge
 from torch import nn
 
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
+from trainer.data.sources import BatchSource
 from trainer.global_bn import convert_to_global_batch_norm
 from trainer.reporter import Reporter
 
@@ -38,8 +39,13 @@ _GAUGES = {
 
 
 class RaySession:
-    def __init__(self, job_id: str, run_dir: str, keep_checkpoints: int):
-        """``run_dir``: the run's directory on the storage (a path, or a URI for remote storage)."""
+    def __init__(
+        self, job_id: str, run_dir: str, keep_checkpoints: int | None,
+        stream: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """``run_dir``: the run's directory on the storage (a path, or a URI for remote storage);
+        ``keep_checkpoints``: how many Ray Train keeps (None: the kind keeps none); ``stream``:
+        the Ray Data stream the driver started (``trainer.driver.ray_data_stream``), or None."""
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -47,6 +53,7 @@ class RaySession:
         self.job_id = job_id
         self.run_dir = run_dir
         self.keep_checkpoints = keep_checkpoints
+        self.stream = stream
         local = "://" not in run_dir
         self.metrics_file = Path(run_dir) / "metrics.jsonl" if local and self.rank == 0 else None
         self.reporter = Reporter.from_env(job_id) if self.rank == 0 else None
@@ -105,6 +112,30 @@ class RaySession:
         elif "://" not in self.run_dir:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.run_dir) / name).write_bytes(data)
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """Sent to the service (retried until the flush deadline in ``close``: the result is an
+        evaluation's point); without one, ``<run_dir>/result.json`` on local storage."""
+        if self.reporter is not None:
+            self.reporter.result(result)
+        elif "://" not in self.run_dir:
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            temporary = Path(self.run_dir) / "result.json.tmp"
+            temporary.write_text(json.dumps(result) + "\n")
+            temporary.replace(temporary.with_suffix(""))
+
+    def data_stream(self) -> BatchSource | None:
+        if self.stream is None:
+            return None
+        from trainer.data.ray_data import IndexLog, RayDataSource
+
+        index_log = None
+        if self.stream["log_indices"]:
+            index_log = IndexLog(Path(self.run_dir, "indices", f"rank-{self.rank}.jsonl"))
+        return RayDataSource(
+            ray.train.get_dataset_shard("train"), self.stream["images"], self.stream["batch_size"],
+            self.world_size, self.stream["start_step"], index_log,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Rank 0 flushes its reports to the service (for up to ``$SIMCLR_REPORT_FLUSH_S``,

@@ -1,15 +1,16 @@
 """Where a training loop sends its metrics and checkpoints, and where it resumes from.
 
-The SimCLR loop (``trainer.loop``) is written once against ``TrainingSession``; ``LocalSession``
-runs it in one process with checkpoints in a directory, ``trainer.ray_session.RaySession`` runs it
-as one rank of a Ray Train worker group.
+Every kind's worker entry (``trainer.contracts.kinds``: the SimCLR loop, the linear probe, the
+generative tasks) is written once against ``TrainingSession``; ``LocalSession`` runs it in one
+process with checkpoints in a directory, ``trainer.ray_session.RaySession`` as one rank of a Ray
+Train worker group.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from trainer.checkpoint import (
     prune_checkpoints,
     save_atomic,
 )
+
+if TYPE_CHECKING:
+    from trainer.data.sources import BatchSource
 
 
 class TrainingSession(Protocol):
@@ -41,6 +45,16 @@ class TrainingSession(Protocol):
 
     def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
         """Keep a file for people to look at (a plot, a sample grid); rank 0 only."""
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """Record the job's result (an evaluation's scores); rank 0 only, once."""
+
+    def data_stream(self) -> BatchSource | None:
+        """This rank's part of a stream of batches started for the run (Ray Data's, for
+        ``loader: ray_data``), or None: the loop reads its config's dataset itself."""
+
+    def close(self) -> None:
+        """Deliver what is pending; the run is over. Never raises."""
 
 
 class LocalSession:
@@ -78,3 +92,16 @@ class LocalSession:
     def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / name).write_bytes(data)
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """``<output_dir>/result.json``, written whole or not at all."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.output_dir / "result.json.tmp"
+        temporary.write_text(json.dumps(result) + "\n")
+        temporary.replace(self.output_dir / "result.json")
+
+    def data_stream(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass  # every report is written when made

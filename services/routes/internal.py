@@ -18,7 +18,7 @@ from services.auth import require_job_token
 from services.routes.deps import ServiceDep
 from services.schemas import CheckpointIn, CheckpointOut, MetricsIn, ProbeResultOut
 from services.service import Service
-from services.states import TERMINAL
+from trainer.contracts.states import TERMINAL
 
 router = APIRouter(
     prefix="/internal/v1", tags=["internal"], dependencies=[Depends(require_job_token)]

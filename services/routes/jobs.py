@@ -25,9 +25,9 @@ from services.schemas import (
     LogsOut,
     MetricOut,
 )
-from services.states import FINISHED_ATTEMPT_STATES
 from services.store.store import NotFound
 from services.submission import submit
+from trainer.contracts.states import FINISHED_ATTEMPT_STATES
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 

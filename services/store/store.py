@@ -23,12 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.states import (
-    FINISHED_ATTEMPT_STATES,
-    JOB_STATUSES,
-    TERMINAL,
-    move,
-)
 from services.store.tables import (
     Artifact,
     Attempt,
@@ -37,6 +31,12 @@ from services.store.tables import (
     Job,
     MetricPoint,
     utcnow,
+)
+from trainer.contracts.states import (
+    FINISHED_ATTEMPT_STATES,
+    JOB_STATUSES,
+    TERMINAL,
+    move,
 )
 from trainer.reporter import json_safe
 

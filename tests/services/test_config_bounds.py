@@ -29,9 +29,9 @@ from services.schemas import (
 )
 from services.settings import Settings
 from tests.services.test_api import INTERNAL, assert_problem
-from trainer.config import LinearProbeSettings, read_mapping
-from trainer.kinds import KINDS
-from trainer.spec import Resources
+from trainer.contracts.config import LinearProbeSettings, read_mapping
+from trainer.contracts.kinds import KINDS
+from trainer.contracts.spec import Resources
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DIGITS = {"dataset": {"name": "digits"}, "backbone": {"name": "small_cnn"}, "max_steps": 2}

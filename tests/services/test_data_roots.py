@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from tests.services.test_api import assert_problem, make_client
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
+from trainer.contracts.spec import JobSpec
 from trainer.data.confine import confined, read_class_list
 from trainer.data.datasets import ImageFolderImages, build_dataset
 from trainer.data.pack import MANIFEST, manifest_shards
 from trainer.data.ray_data import read_shards
 from trainer.generative.data import load_generative_data
-from trainer.spec import JobSpec
 
 SECRET = "sk-live-7f3a9c1e5b"  # what a token file holds: never to appear in an error
 

@@ -12,7 +12,7 @@ from services.client import Client
 from tests.distributed import run_driver_process
 from tests.services.test_service_ray import ServiceThread, wait_for
 from tests.trainer.test_generative_jobs import KIND_SETTINGS, TOY
-from trainer.kinds import kinds
+from trainer.contracts.kinds import kinds
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ run by the driver's dispatch; the built-in kinds' rows agree with what the servi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,10 +14,11 @@ from pydantic import Field, ValidationError
 from services.app import create_app
 from services.dispatcher import NoopDispatcher, job_spec
 from services.settings import Settings
-from trainer.config import StrictModel
-from trainer.driver import build_trainer, worker_loop
-from trainer.kinds import KINDS, Kind, kinds, register
-from trainer.spec import JobSpec
+from trainer.contracts.config import StrictModel
+from trainer.contracts.kinds import KINDS, Kind, kinds, register
+from trainer.contracts.spec import JobSpec
+from trainer.driver import build_trainer, ray_worker, run_kind
+from trainer.session import LocalSession
 
 RAN: list[dict[str, Any]] = []
 
@@ -25,10 +27,10 @@ class ToyConfig(StrictModel):
     steps: int = Field(default=3, ge=1, le=10)
 
 
-def toy_worker(loop_config: dict[str, Any]) -> None:
-    """The toy kind's worker entry: what a worker module's entry does with its spec."""
-    spec = JobSpec.model_validate(loop_config["spec"])
-    RAN.append({"kind": spec.kind, "steps": spec.config.steps})
+def toy_worker(spec: JobSpec, session) -> None:
+    """The toy kind's worker entry, with every kind's signature: its spec and a session."""
+    RAN.append({"kind": spec.kind, "steps": spec.config.steps, "rank": session.rank})
+    session.report_result({"steps": spec.config.steps})
 
 
 @pytest.fixture
@@ -67,10 +69,12 @@ def test_a_kind_added_in_one_row_runs_through_the_api_and_the_driver(toy, databa
     (spec,) = dispatcher.specs
     assert (spec.kind, spec.config, spec.max_failures) == ("toy", ToyConfig(steps=5), 1)
 
-    trainer = build_trainer(spec)  # what the driver hands Ray Train
-    assert trainer.train_loop_per_worker is toy_worker
-    trainer.train_loop_per_worker({"spec": spec.model_dump(mode="json")})
-    assert RAN[-1] == {"kind": "toy", "steps": 5}
+    trainer = build_trainer(spec)  # what the driver hands Ray Train: one function for all kinds
+    assert trainer.train_loop_per_worker is ray_worker
+    handed = JobSpec.model_validate(trainer.train_loop_config["spec"])
+    run_kind(handed, LocalSession(tmp_path / "toy"))  # what ray_worker does, on a local session
+    assert RAN[-1] == {"kind": "toy", "steps": 5, "rank": 0}
+    assert json.loads((tmp_path / "toy" / "result.json").read_text()) == {"steps": 5}
 
 
 def test_a_kind_is_taken_once_and_an_unknown_one_is_refused_by_name():
@@ -91,4 +95,4 @@ def test_the_built_in_rows():
     probe = KINDS["linear_probe"]
     assert probe.reads_checkpoint and probe.max_failures == 0  # a failed evaluation is final
     for kind in KINDS.values():  # every worker entry imports (on the workers: here, on CPU)
-        assert callable(worker_loop(kind.name))
+        assert callable(kind.entry())

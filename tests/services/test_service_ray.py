@@ -23,7 +23,7 @@ from services.store.db import make_engine, migrate
 from services.store.store import Store
 from tests.distributed import HEAD_CPUS
 from trainer.checkpoint import load_checkpoint
-from trainer.ray_auth import ray_auth_headers
+from trainer.contracts.ray_auth import ray_auth_headers
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, event
 
-from services.states import JOB_MOVES, JOB_STATUSES, TERMINAL, IllegalMove, move
 from services.store.db import make_engine, migrate
 from services.store.store import Conflict, NotFound, Store
 from services.store.tables import AttemptLog, Base
+from trainer.contracts.states import JOB_MOVES, JOB_STATUSES, TERMINAL, IllegalMove, move
 
 
 def new_job(store: Store, **overrides):

@@ -124,9 +124,9 @@ def test_an_object_of_a_class_not_allowed_is_refused(tmp_path):
 
 
 def test_load_encoder_and_the_feature_cache_refuse_a_file_that_would_run_code(tmp_path):
-    from trainer.config import LinearProbeConfig
-    from trainer.evaluate import CheckpointError as EvaluateCheckpointError
-    from trainer.evaluate import cached_features, feature_cache_dir, load_encoder
+    from trainer.contracts.config import LinearProbeConfig
+    from trainer.linear_probe import CheckpointError as EvaluateCheckpointError
+    from trainer.linear_probe import cached_features, feature_cache_dir, load_encoder
 
     marker, (evil, _) = _malicious_files(tmp_path)
     (tmp_path / "ckpt").mkdir()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
 from trainer.data.datasets import (
     ImageFolderImages,
     UnreadableImage,

@@ -9,13 +9,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from trainer.config import DatasetConfig, read_mapping
+from trainer.contracts.config import DatasetConfig, read_mapping
+from trainer.contracts.kinds import KINDS, kinds
+from trainer.contracts.spec import JobSpec
 from trainer.generative.data import load_images
 from trainer.generative.frechet import InceptionFeatures
 from trainer.generative.loop import run_generative
-from trainer.kinds import KINDS, kinds
 from trainer.session import LocalSession
-from trainer.spec import JobSpec
 
 TINY_UNET = {
     "base_channels": 8, "channel_mults": [1, 2], "blocks_per_resolution": 1,

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from services.cli import main as cli_main
 from tests.distributed import run_driver_process
-from trainer.config import DatasetConfig, SimCLRConfig
+from trainer.contracts.config import DatasetConfig, SimCLRConfig
 from trainer.data.pack import pack, read_manifest
 from trainer.data.ray_data import decode_batch, epoch_order, epoch_plan
-from trainer.loop import run_simclr
 from trainer.session import LocalSession
+from trainer.simclr_loop import run_simclr
 
 CLASSES = ("ant", "bee", "cat")
 

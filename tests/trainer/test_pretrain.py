@@ -3,9 +3,9 @@ import json
 import torch
 
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.config import SimCLRConfig
+from trainer.contracts.config import SimCLRConfig
 from trainer.pretrain import pretrain
-from trainer.simclr import LearningRateSchedule
+from trainer.simclr_recipe import LearningRateSchedule
 
 
 def small_config(**overrides) -> SimCLRConfig:

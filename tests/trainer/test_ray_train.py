@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint
+from trainer.contracts.spec import JobSpec
 from trainer.driver import run
-from trainer.simclr import LearningRateSchedule
-from trainer.spec import JobSpec
+from trainer.simclr_recipe import LearningRateSchedule
 
 
 def digits_spec(job_id: str, storage: Path) -> JobSpec:

@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
 from trainer.data.confine import confined, read_class_list
 from trainer.data.folders import DECODE_ERRORS, class_folders, decode_rgb, list_images
 

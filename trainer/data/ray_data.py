@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
 from trainer.data.confine import confined
 from trainer.data.folders import DECODE_ERRORS, decode_rgb
 from trainer.data.loader import Batch, steps_per_epoch

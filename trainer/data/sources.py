@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import Dataset
 
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
 from trainer.data.datasets import build_dataset
 from trainer.data.loader import Batch, epoch_samplers, iterate_batches
 

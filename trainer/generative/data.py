@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from trainer.config import DatasetConfig
+from trainer.contracts.config import DatasetConfig
+from trainer.contracts.generative import ToyDataConfig
 from trainer.data.datasets import (
     ImageFolderImages,
     InMemoryImages,
@@ -31,7 +32,6 @@ from trainer.data.datasets import (
     build_dataset,
     confine_dataset,
 )
-from trainer.generative.config import ToyDataConfig
 from trainer.generative.gaussian import gaussian_log_density
 
 DEFAULT_FOLDER_SIDE = 32

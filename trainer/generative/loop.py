@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from trainer.artifacts import curves_png, image_grid_png, scatter_png
+from trainer.contracts.generative import TrainingConfig
 from trainer.data.loader import epoch_samplers, steps_per_epoch
 from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
-from trainer.generative.config import TrainingConfig
 from trainer.generative.data import GenerativeData, load_generative_data
 from trainer.generative.frechet import ClassifierFeatures, FeatureDistance, InceptionFeatures
-from trainer.generative.tasks import TASKS, Task
+from trainer.generative.tasks import Task, task_of
 from trainer.log import step_progress
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
@@ -111,7 +111,7 @@ def run_generative(
     data = load_generative_data(config.data, config.image_size, roots)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    task = TASKS[kind](config, data, device)
+    task = task_of(kind)(config, data, device)
     scorers = _feature_distances(config, data, device) if rank == 0 else []
     step, history = 0, []
     torch.manual_seed(config.seed + 1 + rank)  # independent noise on every rank

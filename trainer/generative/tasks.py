@@ -21,8 +21,7 @@ from models.gan import ImageCritic, ImageGenerator, VectorCritic, VectorGenerato
 from models.mlp import TimeConditionedMLP
 from models.unet import UNet
 from models.vae import ConvVAE, VectorVAE
-from trainer.distributed import average_gradients, is_distributed
-from trainer.generative.config import (
+from trainer.contracts.generative import (
     DDPMConfig,
     DiffuseVAEConfig,
     DiffusionSettings,
@@ -32,6 +31,9 @@ from trainer.generative.config import (
     VAEConfig,
     VAESettings,
 )
+from trainer.contracts.kinds import KINDS
+from trainer.contracts.spec import JobSpec
+from trainer.distributed import average_gradients, is_distributed
 from trainer.generative.data import GenerativeData
 from trainer.generative.diffusion import GaussianDiffusion
 from trainer.generative.gan import (
@@ -43,6 +45,7 @@ from trainer.generative.gan import (
 from trainer.generative.vae import elbo, iwae_bound, reparameterise
 from trainer.global_bn import convert_to_global_batch_norm
 from trainer.optim import set_learning_rate
+from trainer.session import TrainingSession
 
 LN2 = math.log(2)
 
@@ -55,6 +58,13 @@ class Task:
 
     def __init__(self, config: TrainingConfig, data: GenerativeData, device: torch.device):
         self.config, self.data, self.device = config, data, device
+
+    @classmethod
+    def worker(cls, spec: JobSpec, session: TrainingSession) -> None:
+        """The worker entry of the kind whose registry row names this task: the generative loop."""
+        from trainer.generative.loop import run_generative  # the loop imports this module
+
+        run_generative(spec.kind, spec.config, session, progress=False, roots=spec.data_roots)
 
     def learning_rate(self, step: int, base: float | None = None) -> float:
         base = base or self.config.learning_rate
@@ -345,10 +355,13 @@ class DiffuseVAETask(Task):
         )
 
 
-TASKS: dict[str, type[Task]] = {
-    "ddpm": DDPMTask,
-    "vae": VAETask,
-    "gan": GANTask,
-    "flow": FlowTask,
-    "diffusevae": DiffuseVAETask,
-}
+def task_of(kind: str) -> type[Task]:
+    """The task of a generative kind: the class whose ``worker`` its registry row names
+    (``trainer.contracts.kinds``), the one place a kind is tied to its task."""
+    entry = KINDS[kind].entry()
+    task = getattr(entry, "__self__", None)
+    if not (isinstance(task, type) and issubclass(task, Task)):
+        raise ValueError(
+            f"kind {kind!r} is not a generative kind (its worker is {KINDS[kind].worker})"
+        )
+    return task

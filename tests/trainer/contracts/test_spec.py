@@ -4,8 +4,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from trainer.contracts.spec import JobSpec
 from trainer.driver import build_trainer
-from trainer.spec import JobSpec
 
 
 def spec_dict(**overrides):

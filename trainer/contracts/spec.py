@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
-from trainer.config import StrictModel
-from trainer.kinds import KINDS
+from trainer.contracts.config import StrictModel
+from trainer.contracts.kinds import KINDS
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -29,7 +29,9 @@ class JobSpec(StrictModel):
     latest checkpoint under ``storage_path/<job_id>``."""
 
     job_id: str
-    kind: str = Field(default="simclr", description="a kind of the registry (trainer.kinds)")
+    kind: str = Field(
+        default="simclr", description="a kind of the registry (trainer.contracts.kinds)"
+    )
     config: SerializeAsAny[BaseModel] = Field(description="validated by the kind's config model")
     resources: Resources = Field(default_factory=Resources)
     storage_path: str = Field(description="shared storage every node can reach (a path or a URI)")

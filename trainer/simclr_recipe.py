@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim import SGD, Optimizer
 
 from models import ProjectionHead, SimCLRNet, build_backbone
-from trainer.config import SimCLRConfig
+from trainer.contracts.config import SimCLRConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups, scaled_learning_rate, warmup_cosine

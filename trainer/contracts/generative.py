@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from trainer.config import (
+from trainer.contracts.config import (
     MAX_BATCH,
     MAX_DIM,
     MAX_IMAGE_SIZE,

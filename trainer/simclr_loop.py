@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.artifacts import views_grid_png
-from trainer.config import SimCLRConfig
+from trainer.contracts.config import SimCLRConfig
+from trainer.contracts.spec import JobSpec
+from trainer.data.datasets import build_dataset
 from trainer.data.loader import steps_per_epoch
 from trainer.data.sources import BatchSource, build_source
 from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
@@ -30,7 +32,7 @@ from trainer.log import step_progress
 from trainer.optim import set_learning_rate
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
-from trainer.simclr import (
+from trainer.simclr_recipe import (
     LearningRateSchedule,
     autocast_for,
     build_augment,
@@ -195,3 +197,13 @@ def run_simclr(
             window_start, window_images = time.perf_counter(), 0
     bar.close()
     return RunResult(step, loss_value, learning_rates)
+
+
+def simclr_worker(spec: JobSpec, session: TrainingSession) -> None:
+    """The ``simclr`` kind's worker entry (``trainer.contracts.kinds``): the images of
+    ``spec.config.dataset`` listed here, every folder and image resolved and checked against the
+    job's data roots (``loader: torch``), or the session's stream of batches; then ``run_simclr``."""
+    dataset = None
+    if spec.config.dataset.loader == "torch":
+        dataset = build_dataset(spec.config.dataset, "train", spec.data_roots)
+    run_simclr(spec.config, session, progress=False, source=session.data_stream(), dataset=dataset)
