@@ -11,10 +11,18 @@ its own negatives. The gradient cache keeps the whole batch's negatives:
    these backward passes is dL/dtheta of the full batch.
 
 Random state (dropout, stochastic depth) is replayed: each chunk's second pass starts from the RNG
-state its first pass started from. Batch-norm running statistics are restored after the first pass
-so that they are updated once per step, as without chunking.
+state its first pass started from. Batch-norm running statistics are restored after the first pass,
+so that only the second pass moves them: once per chunk, not once per step as without chunking.
+With k = 2n / ``chunk_size`` chunks a step applies k updates of momentum m (0.1 by default), each
+towards one chunk's statistics. What that means at evaluation (eval mode, where the running
+statistics normalise): the running mean moves to a geometrically weighted mean of the chunks'
+means (the later chunks weigh more) rather than the step's mean; the running variance tracks the
+variance within chunks, which misses the spread between the chunks' means (small when chunks are
+random draws of the batch, as here); and the statistics follow the last steps more closely
+(weight 1 - (1 - m)^k on each step instead of m). ``tests/trainer/test_gradient_cache.py``
+asserts this behaviour.
 
-Batch normalisation is the one difference. Each chunk normalises with its own statistics, so a
+Batch normalisation is also the one difference in the gradient. Each chunk normalises with its own statistics, so a
 chunked step is not the unchunked step on a network with batch norm (it is exact for networks
 without batch-dependent layers, e.g. GroupNorm). Chunks are cut from the first views and from the
 second views separately, so the two views of an image are always in different chunks: a positive

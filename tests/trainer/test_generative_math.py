@@ -372,3 +372,70 @@ def test_frechet_distance_against_the_closed_form_for_commuting_covariances():
     expected = 6 + sum((np.sqrt(x) - np.sqrt(y)) ** 2 for x, y in [(1, 4), (4, 9), (0.25, 1)])
     assert frechet_distance(mean_a, a, mean_b, b) == pytest.approx(expected)
     assert frechet_distance(mean_a, a, mean_a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def _levels_data(levels: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """float64 data on ``levels`` values evenly spaced on [-1, 1], interior values only (bins of
+    finite width on both sides)."""
+    generator = torch.Generator().manual_seed(seed)
+    k = torch.randint(1, levels - 1, shape, generator=generator)
+    return (k.double() / (levels - 1)) * 2 - 1
+
+
+def _zero_denoiser(x, t_index, cond):
+    return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("variance", ["large", "small"])
+def test_the_decoder_term_is_the_bin_mass_of_the_reverse_gaussian_at_256_levels(variance):
+    """L_0 = -log p(x_0 | x_1) against the normal CDF evaluated here: the mass of
+    N(mu_theta(x_1, 1), sigma_1^2) over x_0's bin of width 2/255. At 256 levels the bins are
+    narrow against sigma_1 (about 0.01), so the term depends on the scale: passing the
+    log-variance where the log standard deviation belongs changes it by nats."""
+    diffusion = GaussianDiffusion.from_schedule("linear", 1000, variance)
+    x0 = _levels_data(256, (6, 16), seed=0)
+    first = torch.zeros(6, dtype=torch.long)
+    torch.manual_seed(5)
+    decoder = diffusion.step_term(_zero_denoiser, x0, first, None, levels=256)
+    torch.manual_seed(5)  # the same draw of x_1 as step_term's
+    noise = torch.randn_like(x0)
+    abar, beta = diffusion.alphas_cumprod[0], diffusion.betas[0]
+    x1 = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    mean = x1 / (1 - beta).sqrt()  # mu_theta with eps_theta = 0
+    betas = diffusion.betas
+    abar_1, abar_2 = 1 - betas[0], (1 - betas[0]) * (1 - betas[1])
+    sigma = (
+        (1 - abar_1) / (1 - abar_2) * betas[1]
+    ).sqrt()  # beta~_2 for both, as improved-diffusion
+    half_bin = 1 / 255
+    normal = torch.distributions.Normal(mean, sigma)
+    mass = normal.cdf(x0 + half_bin) - normal.cdf(x0 - half_bin)
+    expected = -mass.log().sum(1)
+    torch.testing.assert_close(decoder, expected, rtol=1e-6, atol=1e-6)
+    assert expected.mean() / 16 > 0.3  # nats per value: the bins are narrow against sigma_1
+
+
+def test_the_bound_is_the_sum_of_every_term_it_names():
+    """total = L_T + sum_{t>=2} L_{t-1} + L_0, each term recomputed here from the same draws: a
+    term left out of the sum (L_T is 2e-5 nats at T = 1000, below any bound test's resolution)
+    shows here, where T = 20 leaves L_T large."""
+    diffusion = GaussianDiffusion.from_schedule("linear", 20)
+    x0 = _levels_data(256, (4, 8), seed=1)
+    weight = torch.randn(8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def denoiser(x, t_index, cond):  # any fixed function of x_t and t
+        return 0.1 * x @ weight + 0.01 * t_index.double()[:, None]
+
+    torch.manual_seed(3)
+    bound = diffusion.negative_bound(denoiser, x0, levels=256)
+    torch.manual_seed(3)
+    terms = [
+        diffusion.step_term(denoiser, x0, torch.full((4,), t, dtype=torch.long), None, 256)
+        for t in range(20)
+    ]
+    prior = diffusion.prior_kl(x0)
+    assert prior.min() > 0.1  # large enough to notice
+    torch.testing.assert_close(bound["prior"], prior)
+    torch.testing.assert_close(bound["decoder"], terms[0])
+    torch.testing.assert_close(bound["kl"], sum(terms[1:]))
+    torch.testing.assert_close(bound["total"], prior + sum(terms))

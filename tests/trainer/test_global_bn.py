@@ -75,3 +75,22 @@ def test_conversion_keeps_state_and_is_plain_batch_norm_on_one_process():
     converted.eval()
     model.eval()
     torch.testing.assert_close(converted(x), model(x))
+
+
+def _rank_far_from_zero(rank: int, world: int) -> torch.Tensor:
+    norm = GlobalBatchNorm(3)
+    norm.running_mean.fill_(1e4)  # where the running mean has settled after some steps
+    generator = torch.Generator().manual_seed(7)
+    x = 1e4 + torch.randn(world * 64, 3, generator=generator)
+    return norm(x[rank * 64 : (rank + 1) * 64]).detach()
+
+
+def test_statistics_of_inputs_far_from_zero_keep_their_precision():
+    """Activations with a mean of 1e4 and a deviation of 1: E[x^2] - E[x]^2 in float32 loses the
+    variance entirely (x^2 ~ 1e8, float32 resolves about 8 there); the sums are taken around the
+    running mean, where nothing cancels. Against float64 batch norm over the global batch."""
+    local = torch.cat(run_on_ranks(_rank_far_from_zero, 2))
+    generator = torch.Generator().manual_seed(7)
+    x = (1e4 + torch.randn(128, 3, generator=generator)).double()
+    expected = (x - x.mean(0)) / (x.var(0, unbiased=False) + 1e-5).sqrt()
+    torch.testing.assert_close(local.double(), expected, rtol=1e-3, atol=1e-3)

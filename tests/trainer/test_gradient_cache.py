@@ -70,7 +70,7 @@ def test_dropout_is_replayed_between_the_two_passes():
         torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_batch_norm_statistics_are_updated_once():
+def test_batch_norm_statistics_move_once_per_chunk_in_the_second_pass_only():
     model = nn.Sequential(nn.Flatten(), nn.Linear(108, 8), nn.BatchNorm1d(8))
     reference = nn.Sequential(nn.Flatten(), nn.Linear(108, 8), nn.BatchNorm1d(8))
     reference.load_state_dict(model.state_dict())

@@ -97,7 +97,8 @@ class TrainingConfig(StrictModel):
     )
     inception_weights: str | None = Field(
         default=None,
-        description="a local torchvision Inception-v3 state dict: also report true FID (never downloaded)",
+        description="pytorch-fid's FID Inception-v3 weights as a local file "
+        "(pt_inception-2015-12-05-6726825d.pth): also report true FID (never downloaded)",
     )
 
 

@@ -2,10 +2,14 @@
 
     d^2 = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})        (Heusel et al. 2017)
 
-FID is this distance in the 2,048 pool features of the Inception-v3 network whose weights the FID
-reference code uses; those weights come from the internet, so FID is computed only from a local
-weights file (``inception_weights``) and is called ``fid``. Otherwise the features are those of a
-small classifier trained in the job on the same labelled data, and the figure is called
+FID is this distance in the 2,048 pool features of the Inception-v3 network of the FID reference
+code (TensorFlow's, ported by pytorch-fid: 1,008 classes, no auxiliary logits, patched blocks).
+The network is pytorch-fid's own (``pytorch_fid.inception.InceptionV3``), and its inputs are
+prepared as pytorch-fid prepares them (bilinear resize to 299 px, [0, 1] scaled to [-1, 1]), so a
+figure is comparable with published FIDs given the reference weights. Those weights come from the
+internet, so FID is computed only from a local file (``inception_weights``: pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``) and is called ``fid``. Otherwise the features are those
+of a small classifier trained in the job on the same labelled data, and the figure is called
 ``frechet_classifier``: comparable between runs on the same data and classifier steps, never with
 published FIDs.
 """
@@ -101,21 +105,16 @@ class ClassifierFeatures(FeatureDistance):
 
 
 class InceptionFeatures(FeatureDistance):
-    """torchvision's Inception-v3 from a local state dict: the 2,048 pool features at 299 px."""
+    """pytorch-fid's FID Inception-v3 with the weights in a local file: the 2,048 pool features."""
 
     name = "fid"
 
     def __init__(self, weights_path: str, device: torch.device):
-        from torchvision.models import inception_v3
-
-        network = inception_v3(weights=None, aux_logits=True, init_weights=False)
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise FileNotFoundError(f"inception_weights {weights_path} does not exist") from None
-        network.load_state_dict(state)
-        network.fc = nn.Identity()
-        self.network = network.eval().requires_grad_(False).to(device)
+        self.network = fid_inception(state).eval().requires_grad_(False).to(device)
         self.device = device
 
     @torch.no_grad()
@@ -125,6 +124,25 @@ class InceptionFeatures(FeatureDistance):
             chunk = chunk.to(self.device)
             if chunk.shape[1] == 1:
                 chunk = chunk.expand(-1, 3, -1, -1)
-            chunk = F.interpolate(chunk, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(self.network(chunk))  # torchvision's Inception expects inputs on [-1, 1]
+            # the network resizes to 299 px and scales [0, 1] to [-1, 1], as pytorch-fid feeds it
+            (pooled,) = self.network((chunk + 1) / 2)
+            out.append(pooled.flatten(1))
         return torch.cat(out)
+
+
+def fid_inception(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """pytorch-fid's ``InceptionV3`` up to its pool features, holding ``state_dict`` (the FID
+    network's: the reference file, or any state of that architecture) instead of the weights the
+    package would download. A state of another network is refused, naming what does not fit."""
+    import pytorch_fid.inception as package
+
+    download = package.load_state_dict_from_url
+    package.load_state_dict_from_url = lambda *args, **kwargs: state_dict
+    try:
+        return package.InceptionV3([package.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
+        raise ValueError(
+            f"inception_weights is not a state of pytorch-fid's FID Inception-v3: {error}"
+        ) from None
+    finally:
+        package.load_state_dict_from_url = download

@@ -48,6 +48,11 @@ def test_root_is_required_where_data_lives_on_disk():
 def test_shipped_configs_load(tmp_path):
     for name in ("digits-demo", "cifar10", "cifar10-short", "imagenet"):
         load_config(f"configs/{name}.yaml")
+    paper = load_config("configs/cifar10-paper.yaml")  # App. B.9, as its comment says
+    assert (paper.backbone.name, paper.backbone.cifar_stem) == ("resnet50", True)
+    assert (paper.batch_size, paper.epochs, paper.temperature) == (1024, 1000, 0.5)
+    assert (paper.augment.strength, paper.augment.blur) == (0.5, False)
+    assert (paper.optimizer.lr_scaling, paper.optimizer.resolved_base_lr) == ("linear", 1.0)
     broken = tmp_path / "broken.yaml"
     broken.write_text("batch_size: [1, 2\n")
     with pytest.raises(ValueError, match="not valid YAML"):

@@ -1,0 +1,168 @@
+"""Planted bugs in the core contracts, and whether the tests catch each (not part of ``make test``).
+
+    python -m tests.mutants [--only NAME ...] [--list]
+
+Each mutant is one plausible bug, written as a textual edit of one module: a detached path in
+NT-Xent, a missing sum in its distributed backward, a scale where a log-scale belongs in a DDPM
+bound, a term dropped from a sum, a LARS rule off by one comparison... For each, the tree is copied
+to a scratch directory (the tracked files, as ``git ls-files`` lists them), the edit is applied
+there, and the tests named for that module run against the copy. A mutant the tests fail on is
+caught; one they pass on survives, and ``docs/testing.md`` gives the reason for each survivor
+(equivalent to the original, or below what the tests can resolve). An edit that no longer applies
+(the code moved) is reported as stale, never as caught. The table goes to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]
+
+
+LOSSES = ("tests/trainer/test_losses.py",)
+LARS = ("tests/trainer/test_optim.py",)
+GLOBAL_BN = ("tests/trainer/test_global_bn.py",)
+CACHE = ("tests/trainer/test_gradient_cache.py",)
+GENERATIVE = ("tests/trainer/test_generative_math.py",)
+
+MUTANTS = (
+    Mutant("nt_xent: negatives detached", "trainer/losses.py",
+           "columns = torch.cat([all_a, all_b])", "columns = torch.cat([all_a, all_b]).detach()",
+           LOSSES),
+    Mutant("nt_xent: anchors detached", "trainer/losses.py",
+           "anchors = torch.cat([z_a, z_b])", "anchors = torch.cat([z_a, z_b]).detach()", LOSSES),
+    Mutant("nt_xent: self-similarity not masked", "trainer/losses.py",
+           'logits[rows, self_column] = float("-inf")', "pass", LOSSES),
+    Mutant("nt_xent: positive is the anchor itself", "trainer/losses.py",
+           "positive_column = torch.cat([local + big_n, local])",
+           "positive_column = torch.cat([local, local + big_n])", LOSSES),
+    Mutant("nt_xent: temperature multiplies", "trainer/losses.py",
+           "logits = anchors @ columns.T / temperature",
+           "logits = anchors @ columns.T * temperature", LOSSES),
+    Mutant("nt_xent: projections not normalised", "trainer/losses.py",
+           "z_a = F.normalize(z_a.float(), dim=1)", "z_a = z_a.float()", LOSSES),
+    Mutant("nt_xent: all-gather backward does not sum over ranks", "trainer/losses.py",
+           "dist.all_reduce(grad, op=dist.ReduceOp.SUM)", "pass", LOSSES),
+    Mutant("LARS: trust ratio inverted", "trainer/optim.py",
+           'group["eta"] * w_norms / g_norms', 'group["eta"] * g_norms / w_norms', LARS),
+    Mutant("LARS: >= instead of > for a zero norm", "trainer/optim.py",
+           "(w_norms > 0) & (g_norms > 0)", "(w_norms >= 0) & (g_norms >= 0)", LARS),
+    Mutant("LARS: no weight decay", "trainer/optim.py",
+           'grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])',
+           "pass", LARS),
+    Mutant("LARS: biases and norms not excluded", "trainer/optim.py",
+           "(excluded if p.ndim <= 1 else adapted).append(p)", "adapted.append(p)", LARS),
+    Mutant("LARS: lr outside the momentum buffer", "trainer/optim.py",
+           'steps = torch._foreach_mul(grads, list((trust * group["lr"]).unbind()))',
+           "steps = torch._foreach_mul(grads, list(trust.unbind()))", LARS),
+    Mutant("global BN: biased running variance", "trainer/global_bn.py",
+           "unbiased = var * (count / (count - 1).clamp(min=1))", "unbiased = var", GLOBAL_BN),
+    Mutant("global BN: backward misses the mean of dy", "trainer/global_bn.py",
+           "(dy - mean_dy.view(shape) - xhat", "(dy - xhat", GLOBAL_BN),
+    Mutant("global BN: statistics not all-reduced", "trainer/global_bn.py",
+           "        dist.all_reduce(sums)\n", "", GLOBAL_BN),
+    Mutant("global BN: eps outside the square root", "trainer/global_bn.py",
+           "invstd = torch.rsqrt(var + eps)", "invstd = 1 / (var.sqrt() + eps)", GLOBAL_BN),
+    Mutant("global BN: no shift before the sums of squares", "trainer/global_bn.py",
+           "shift = self.running_mean if self.track_running_stats else x.new_zeros(x.shape[1])",
+           "shift = x.new_zeros(x.shape[1])", GLOBAL_BN),
+    Mutant("gradient cache: running statistics not restored", "trainer/gradient_cache.py",
+           "        buffer.copy_(saved)", "        pass", CACHE),
+    Mutant("gradient cache: random state not replayed", "trainer/gradient_cache.py",
+           "        _set_rng_state(rng, device)\n", "", CACHE),
+    Mutant("gradient cache: gradients synchronised on every chunk", "trainer/gradient_cache.py",
+           "with no_sync() if index < len(chunks) - 1 else nullcontext():",
+           "with nullcontext():", CACHE),
+    Mutant("DDPM: log-variance passed as the log-scale of L_0", "trainer/generative/diffusion.py",
+           "discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar, levels)",
+           "discretized_gaussian_log_likelihood(x0, mean, logvar, levels)", GENERATIVE),
+    Mutant("DDPM: L_T left out of the total", "trainer/generative/diffusion.py",
+           '"total": prior + kl + decoder', '"total": kl + decoder', GENERATIVE),
+    Mutant("DDPM: KL arguments swapped", "trainer/generative/diffusion.py",
+           "true_mean, torch.log(true_var.clamp(min=1e-30)).expand_as(x0), mean, logvar",
+           "mean, logvar, true_mean, torch.log(true_var.clamp(min=1e-30)).expand_as(x0)",
+           GENERATIVE),
+    Mutant("DDPM: reverse variance at t = 1 is beta_1", "trainer/generative/diffusion.py",
+           "return torch.cat([posterior[1:2], chosen[1:]])",
+           "return torch.cat([self.betas.double()[:1], chosen[1:]])", GENERATIVE),
+    Mutant("IWAE: mean of weights without log k", "trainer/generative/vae.py",
+           "torch.logsumexp(stacked, dim=0) - math.log(k)", "torch.logsumexp(stacked, dim=0)",
+           GENERATIVE),
+    Mutant("ELBO: KL added", "trainer/generative/vae.py",
+           '"elbo": reconstruction - kl', '"elbo": reconstruction + kl', GENERATIVE),
+)  # fmt: skip
+
+
+def copy_tree(destination: Path) -> None:
+    """The tracked files of the working tree (with their uncommitted edits) under ``destination``."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run(mutant: Mutant) -> tuple[str, float]:
+    """``caught``, ``survived`` or ``stale``, and the seconds the tests took."""
+    with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
+        tree = Path(scratch)
+        copy_tree(tree)
+        module = tree / mutant.path
+        text = module.read_text()
+        if text.count(mutant.original) != 1:
+            return "stale", 0.0
+        module.write_text(text.replace(mutant.original, mutant.mutated))
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=tree, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)},
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+    # pytest's exit 1: a test failed (caught); 0: all passed (survived); other codes: broken run
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"{mutant.name}: pytest exited {result.returncode}:\n"
+                           f"{result.stdout.decode()[-2000:]}")  # fmt: skip
+    return ("caught" if result.returncode == 1 else "survived"), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", nargs="*", help="run the mutants whose name contains any of these"
+    )
+    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or any(o in m.name for o in args.only)]
+    if args.list:
+        print("\n".join(f"{m.name}  ({m.path})" for m in chosen))
+        return
+    print("| mutant | module | tests | result | s |\n|---|---|---|---|---|", flush=True)
+    for mutant in chosen:
+        outcome, seconds = run(mutant)
+        tests = ", ".join(Path(t).name for t in mutant.tests)
+        print(f"| {mutant.name} | `{mutant.path}` | {tests} | {outcome} | {seconds:.0f} |",
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
