@@ -85,17 +85,23 @@ def describe(job: dict[str, Any]) -> str:
 
 
 def describe_evaluation(evaluation: dict[str, Any]) -> str:
+    what = {"linear": f"{evaluation.get('mode')} linear probe", "knn": "kNN classifier"}.get(
+        evaluation["protocol"], evaluation["protocol"]
+    )
     lines = [
-        f"evaluation {evaluation['id']}: {evaluation['mode']} linear probe of "
+        f"evaluation {evaluation['id']}: {what} of "
         f"{evaluation['job_id']} at {evaluation['checkpoint']} on {evaluation['dataset']['name']}",
         f"status     {evaluation['status']}"
         + (f": {evaluation['error']}" if evaluation.get("error") else ""),
     ]
     result = evaluation.get("result")
     if result:
+        settings = (f"k {result['k']}, temperature {result['temperature']}"
+                    if result["protocol"] == "knn"
+                    else f"{result['mode']}, {result['epochs']} epochs")  # fmt: skip
         lines.append(
-            f"result     top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['mode']}, "
-            f"{result['epochs']} epochs, {result['train_images']} train / {result['test_images']} test images)"
+            f"result     top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({settings}, "
+            f"{result['train_images']} train / {result['test_images']} test images)"
         )
     return "\n".join(lines)
 
@@ -153,14 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("retry", "retry a job")):
         commands.add_parser(name, help=text).add_argument("job_id")
-    p = commands.add_parser("eval", help="score a pretraining job's checkpoint with a linear probe")
+    p = commands.add_parser(
+        "eval", help="score a pretraining job's checkpoint: a linear probe or a kNN classifier"
+    )
     p.add_argument("job_id")
+    p.add_argument("--protocol", default="linear", help="linear (the default) or knn")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint's name")
     p.add_argument("--dataset", help="data set name (default: the pretraining job's data)")
     p.add_argument("--root", help="the data set's directory")
     p.add_argument("--class-list", help="ImageNet: a file of class folders (ImageNet-100, ...)")
-    p.add_argument("--mode", choices=["fast", "augmented"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--mode", choices=["fast", "augmented"], help="linear: the probe's mode")
+    p.add_argument("--epochs", type=int, help="linear: the probe's epochs")
+    p.add_argument("--k", type=int, help="knn: neighbours that vote (default 200)")
+    p.add_argument("--temperature", type=float, help="knn: votes weigh exp(similarity / T)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--wait", action="store_true", help="wait for the result")
     p = commands.add_parser("logs", help="print a job's log")
@@ -245,9 +256,11 @@ def main(argv: list[str] | None = None) -> None:
             if args.dataset:
                 dataset = {k: v for k, v in {"name": args.dataset, "root": args.root,
                                              "class_list": args.class_list}.items() if v}  # fmt: skip
-            config = {k: v for k, v in {"mode": args.mode, "epochs": args.epochs}.items() if v}
+            chosen = {"mode": args.mode, "epochs": args.epochs, "k": args.k,
+                      "temperature": args.temperature}  # fmt: skip
+            config = {k: v for k, v in chosen.items() if v is not None}
             evaluation = client.evaluate(args.job_id, args.checkpoint, dataset, config,
-                                         {"num_workers": args.workers})  # fmt: skip
+                                         {"num_workers": args.workers}, args.protocol)  # fmt: skip
             print(describe_evaluation(evaluation))
             if args.wait:
                 client.wait(evaluation["id"])

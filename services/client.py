@@ -74,9 +74,10 @@ class Client:
         dataset: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         resources: dict[str, Any] | None = None,
+        protocol: str = "linear",
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"job_id": job_id, "checkpoint": checkpoint, "dataset": dataset,
-                                "config": config or {}}  # fmt: skip
+        body: dict[str, Any] = {"job_id": job_id, "protocol": protocol, "checkpoint": checkpoint,
+                                "dataset": dataset, "config": config or {}}  # fmt: skip
         if resources:
             body["resources"] = resources
         return self._call("POST", "/v1/evaluations", json=body)

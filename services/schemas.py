@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
-from trainer.contracts.config import DatasetConfig, LinearProbeConfig, LinearProbeSettings
-from trainer.contracts.kinds import KINDS
+from trainer.contracts.config import DatasetConfig, LinearProbeConfig
+from trainer.contracts.kinds import KINDS, protocols
 from trainer.contracts.spec import Resources
 from trainer.contracts.states import JOB_STATUSES
 
@@ -21,15 +31,19 @@ def submittable_kinds() -> list[str]:
     return [name for name, kind in KINDS.items() if not kind.reads_checkpoint]
 
 
-def submittable(kind: str) -> str:
-    """Refused as pydantic refuses a value outside a ``Literal`` (the error clients know)."""
-    allowed = submittable_kinds()
-    if kind not in allowed:
+def one_of(value: str, allowed: Sequence[str]) -> str:
+    """``value``, or refused as pydantic refuses a value outside a ``Literal`` (the error clients
+    know): the registry's names are known only at run time."""
+    if value not in allowed:
         quoted = [repr(name) for name in allowed]
         expected = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
         raise PydanticCustomError("literal_error", "Input should be {expected}",
                                   {"expected": expected})  # fmt: skip
-    return kind
+    return value
+
+
+def submittable(kind: str) -> str:
+    return one_of(kind, submittable_kinds())
 
 
 JobKind = Annotated[
@@ -37,6 +51,17 @@ JobKind = Annotated[
     AfterValidator(submittable),
     # the registry as it is when the OpenAPI document is made
     Field(json_schema_extra=lambda schema: schema.update(enum=submittable_kinds())),
+]
+
+
+def known_protocol(protocol: str) -> str:
+    return one_of(protocol, protocols())
+
+
+Protocol = Annotated[
+    str,
+    AfterValidator(known_protocol),
+    Field(json_schema_extra=lambda schema: schema.update(enum=list(protocols()))),
 ]
 # SQLite returns naive datetimes; every stored time is UTC.
 UtcDatetime = Annotated[
@@ -123,6 +148,11 @@ class EvaluationCreate(BaseModel):
     job_id: Text = Field(
         max_length=64, description="the pretraining job whose checkpoint is scored"
     )
+    protocol: Protocol = Field(
+        default="linear",
+        description="linear: a linear classifier on the frozen features (paper App. B.5); knn: "
+        "the weighted k-nearest-neighbour classifier (Wu et al. 2018), k 200, temperature 0.1",
+    )
     checkpoint: Text = Field(
         default="latest", max_length=100, description="'latest' or a checkpoint's name"
     )
@@ -130,24 +160,35 @@ class EvaluationCreate(BaseModel):
         default=None, description="a dataset config; default: the pretraining job's"
     )
     config: dict[str, Any] = Field(
-        default_factory=dict, description="mode, epochs, batch_size, base_lr, seed (paper defaults)"
+        default_factory=dict,
+        description="the protocol's settings: linear: mode, epochs, batch_size, base_lr, crop_scale, "
+        "flip, seed (paper defaults); knn: k, temperature",
     )
     resources: Resources = Field(default_factory=Resources)
     name: Text | None = Field(default=None, max_length=200)
 
 
-class ProbeResultOut(BaseModel):
-    """A linear probe's result (reported by its workers): accuracies in percent."""
+class EvaluationResultOut(BaseModel):
+    """An evaluation's result (reported by its workers): accuracies in percent, the image counts
+    and the settings that decide the number (linear: mode and epochs; knn: k and temperature)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 
+    protocol: str = Field(default="linear", max_length=32)  # results before kNN were all linear
     top1: float = Field(ge=0, le=100)
     top5: float = Field(ge=0, le=100)
-    mode: str
-    epochs: int = Field(ge=0, le=100_000)
     train_images: int = Field(ge=0, le=10**12)
     test_images: int = Field(ge=0, le=10**12)
     seconds: float | None = Field(default=None, ge=0, le=10**9)
+    mode: str | None = Field(default=None, max_length=32)
+    epochs: int | None = Field(default=None, ge=0, le=100_000)
+    k: int | None = Field(default=None, ge=1, le=10_000)
+    temperature: float | None = Field(default=None, gt=0, le=100)
+
+    @model_serializer(mode="wrap")
+    def _settings_of_its_protocol(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the fields that were given: a linear result has no k, a kNN result no epochs."""
+        return {name: value for name, value in handler(self).items() if value is not None}
 
 
 class EvaluationOut(BaseModel):
@@ -157,30 +198,31 @@ class EvaluationOut(BaseModel):
     job_id: str
     checkpoint: str
     status: JobStatus
-    mode: str
+    protocol: str
+    mode: str | None = Field(description="linear: fast or augmented; None for other protocols")
     dataset: dict[str, Any]
     config: dict[str, Any]
     resources: dict[str, Any]
     attempts: list[AttemptOut]
-    result: ProbeResultOut | None
+    result: EvaluationResultOut | None
     error: str | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
     @classmethod
     def of(cls, job: Any, dashboard_url: str | None) -> EvaluationOut:
-        """A ``linear_probe`` job as an evaluation. Its config as stored, not validated again: a
-        row an older release wrote may break today's bounds."""
-        stored = job.config
-        config = LinearProbeConfig.model_construct(
-            **{**stored, "dataset": DatasetConfig.model_construct(**stored["dataset"])}
-        )
-        settings = {name: stored[name] for name in LinearProbeSettings.model_fields
-                    if name in stored}  # fmt: skip
+        """An evaluation job as an evaluation. Its config as stored, not validated again: a row
+        an older release wrote may break today's bounds."""
+        stored, kind = job.config, KINDS[job.kind]
+        settings = {name: stored[name] for name in kind.settings.model_fields if name in stored}
+        mode = None
+        if kind.config is LinearProbeConfig:
+            dataset = DatasetConfig.model_construct(**stored["dataset"])
+            mode = LinearProbeConfig.model_construct(**{**stored, "dataset": dataset}).resolved_mode
         out = JobOut.of(job, dashboard_url)
         return cls(
-            id=job.id, job_id=config.source_job_id, checkpoint=config.checkpoint,
-            status=out.status, mode=config.resolved_mode, dataset=stored["dataset"],
+            id=job.id, job_id=stored["source_job_id"], checkpoint=stored["checkpoint"],
+            status=out.status, protocol=kind.protocol, mode=mode, dataset=stored["dataset"],
             config=settings, resources=job.resources, attempts=out.attempts, result=job.result,
             error=job.error, created_at=out.created_at, updated_at=out.updated_at,
         )  # fmt: skip

@@ -23,8 +23,7 @@ from services.kinds import ConfigError, validate_model
 from services.schemas import EvaluationCreate
 from services.service import Service
 from services.store.store import JobRecord
-from trainer.contracts.config import LinearProbeConfig, LinearProbeSettings
-from trainer.contracts.kinds import kinds
+from trainer.contracts.kinds import Kind, evaluation, kinds
 
 
 def submit(
@@ -73,9 +72,10 @@ def check_capacity(service: Service, resources: dict[str, Any]) -> None:
 
 def evaluation_config(
     service: Service, body: EvaluationCreate
-) -> tuple[JobRecord, LinearProbeConfig]:
-    """The pretraining job an evaluation scores, and the probe's config: the checkpoint resolved
-    (``latest`` or a name), the data set the job trained on unless the request names one."""
+) -> tuple[JobRecord, Kind, BaseModel]:
+    """The pretraining job an evaluation scores, the kind of its protocol, and the evaluation's
+    config: the protocol's settings, the checkpoint resolved (``latest`` or a name), and the data
+    set the job trained on unless the request names one."""
     source = service.store.get_job(body.job_id)
     if source.kind not in kinds("pretrain"):
         raise HTTPException(422, f"job {source.id} is a {source.kind} job, not a pretraining job")
@@ -86,12 +86,13 @@ def evaluation_config(
             409, f"checkpoint {checkpoint.name} of job {source.id} was pruned by Ray Train "
                  f"(keep_checkpoints); available: {', '.join(kept) or 'none'}",
         )  # fmt: skip
-    settings = validate_model(LinearProbeSettings, body.config, ("body", "config"))
+    kind = evaluation(body.protocol)
+    settings = validate_model(kind.settings, body.config, ("body", "config"))
     config = validate_model(
-        LinearProbeConfig,
+        kind.config,
         {**settings.model_dump(), "dataset": body.dataset or source.config["dataset"],
          "source_job_id": source.id, "checkpoint": checkpoint.name,
          "checkpoint_path": checkpoint.path},
         ("body",),
     )  # fmt: skip
-    return source, config
+    return source, kind, config

@@ -6,7 +6,8 @@ Each mutant is one plausible bug, written as a textual edit of one module: a det
 NT-Xent, a missing sum in its distributed backward, a scale where a log-scale belongs in a DDPM
 bound, a term dropped from a sum, a LARS rule off by one comparison... For each, the tree is copied
 to a scratch directory (the tracked files, as ``git ls-files`` lists them), the edit is applied
-there, and the tests named for that module run against the copy. A mutant the tests fail on is
+there, and the tests named for that module run against the copy (first, once, against the
+unmutated copy: they must pass there, or nothing would be learnt). A mutant the tests fail on is
 caught; one they pass on survives, and ``docs/testing.md`` gives the reason for each survivor
 (equivalent to the original, or below what the tests can resolve). An edit that no longer applies
 (the code moved) is reported as stale, never as caught. The table goes to standard output.
@@ -122,6 +123,16 @@ def copy_tree(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
+def pytest_in(tree: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
+    """pytest's exit code, the tail of its output and its seconds, on ``tests`` of ``tree``."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=tree, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)},
+    )  # fmt: skip
+    return result.returncode, result.stdout.decode()[-2000:], time.perf_counter() - start
+
+
 def run(mutant: Mutant) -> tuple[str, float]:
     """``caught``, ``survived`` or ``stale``, and the seconds the tests took."""
     with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
@@ -132,17 +143,22 @@ def run(mutant: Mutant) -> tuple[str, float]:
         if text.count(mutant.original) != 1:
             return "stale", 0.0
         module.write_text(text.replace(mutant.original, mutant.mutated))
-        start = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
-            cwd=tree, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)},
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
+        code, output, seconds = pytest_in(tree, mutant.tests)
     # pytest's exit 1: a test failed (caught); 0: all passed (survived); other codes: broken run
-    if result.returncode not in (0, 1):
-        raise RuntimeError(f"{mutant.name}: pytest exited {result.returncode}:\n"
-                           f"{result.stdout.decode()[-2000:]}")  # fmt: skip
-    return ("caught" if result.returncode == 1 else "survived"), seconds
+    if code not in (0, 1):
+        raise RuntimeError(f"{mutant.name}: pytest exited {code}:\n{output}")
+    return ("caught" if code == 1 else "survived"), seconds
+
+
+def check_baseline(mutants: list[Mutant]) -> None:
+    """Each test set passes on the unmutated copy first: a failure there (a broken or flaky
+    test, a timeout) would otherwise count as every mutant caught."""
+    with tempfile.TemporaryDirectory(prefix="baseline-") as scratch:
+        copy_tree(Path(scratch))
+        for tests in dict.fromkeys(m.tests for m in mutants):
+            code, output, _ = pytest_in(Path(scratch), tests)
+            if code != 0:
+                raise SystemExit(f"{', '.join(tests)} fail without any mutant:\n{output}")
 
 
 def main() -> None:
@@ -156,6 +172,7 @@ def main() -> None:
     if args.list:
         print("\n".join(f"{m.name}  ({m.path})" for m in chosen))
         return
+    check_baseline(chosen)
     print("| mutant | module | tests | result | s |\n|---|---|---|---|---|", flush=True)
     for mutant in chosen:
         outcome, seconds = run(mutant)

@@ -38,7 +38,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from trainer.checkpoint import RAY_CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_atomic
-from trainer.contracts.config import DatasetConfig, LinearProbeConfig, SimCLRConfig
+from trainer.contracts.config import (
+    CheckpointTarget,
+    DatasetConfig,
+    LinearProbeConfig,
+    SimCLRConfig,
+)
 from trainer.contracts.spec import JobSpec
 from trainer.data.augment import SimCLRAugment
 from trainer.data.datasets import InMemoryImages, build_dataset
@@ -87,7 +92,7 @@ def load_encoder(
     return encoder.to(device).eval(), config
 
 
-def feature_cache_dir(storage: str | Path, config: LinearProbeConfig) -> Path:
+def feature_cache_dir(storage: str | Path, config: CheckpointTarget) -> Path:
     """Where the features of this checkpoint on this data live: keyed by what changes them."""
     data = config.dataset
     key_fields = {"name": data.name, "root": data.root, "class_list": data.class_list,
@@ -150,7 +155,7 @@ def _barrier() -> None:
 
 
 def cached_features(
-    encoder: nn.Module, config: LinearProbeConfig, storage: str | Path, rank: int, world: int,
+    encoder: nn.Module, config: CheckpointTarget, storage: str | Path, rank: int, world: int,
     device: torch.device, roots: Sequence[str] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:  # fmt: skip
     """Train and test ``(features, labels)`` from the cache, extracting them first (sharded over
@@ -303,4 +308,4 @@ def linear_probe_worker(spec: JobSpec, session: TrainingSession) -> None:
     )  # fmt: skip
     if result is not None:
         log.info("linear probe of %s: %s", config.checkpoint, asdict(result))
-        session.report_result(asdict(result))
+        session.report_result({**asdict(result), "protocol": "linear"})

@@ -1,5 +1,6 @@
-"""``/v1/evaluations``: score a pretraining job's checkpoint with the linear-evaluation protocol,
-as a job of its own (kind ``linear_probe``) on its own Ray workers."""
+"""``/v1/evaluations``: score a pretraining job's checkpoint with an evaluation protocol (linear
+probe, kNN: each an evaluation kind of the registry), as a job of its own on its own Ray
+workers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.routes.deps import ServiceDep
 from services.schemas import EvaluationCreate, EvaluationOut
 from services.store.store import NotFound
 from services.submission import evaluation_config, submit
+from trainer.contracts.kinds import kinds
 
 router = APIRouter(prefix="/v1", tags=["evaluations"], dependencies=[Depends(require_api_token)])
 
@@ -30,11 +32,12 @@ def create_evaluation(
 ) -> EvaluationOut:
     """Resolve the checkpoint (``latest`` or a name from ``/v1/jobs/{id}/checkpoints``), validate
     the data and the settings, write the evaluation, then submit it to Ray."""
-    source, config = evaluation_config(service, body)
+    source, kind, config = evaluation_config(service, body)
+    described = kind.name.replace("_", " ")
     job, created = submit(
-        service, background, body, "/v1/evaluations", kind="linear_probe", config=config,
+        service, background, body, "/v1/evaluations", kind=kind.name, config=config,
         config_loc=(), resources=body.resources, idempotency_key=idempotency_key,
-        name=body.name or f"linear probe of {source.name} at {config.checkpoint}"[:200],
+        name=body.name or f"{described} of {source.name} at {config.checkpoint}"[:200],
         source_job_id=source.id,
     )  # fmt: skip
     response.headers["Location"] = f"/v1/evaluations/{job.id}"
@@ -45,9 +48,10 @@ def create_evaluation(
 
 @router.get("/evaluations/{evaluation_id}", response_model=EvaluationOut, responses={404: PROBLEM})
 def get_evaluation(evaluation_id: str, service: ServiceDep) -> EvaluationOut:
-    """Its status and, once done, ``result``: top-1, top-5, the mode, epochs, image counts."""
+    """Its status and, once done, ``result``: top-1, top-5, the image counts and the settings that
+    decide the number (linear: mode, epochs; knn: k, temperature)."""
     job = service.store.get_job(evaluation_id)
-    if job.kind != "linear_probe":
+    if job.kind not in kinds("evaluate"):
         raise NotFound(f"no evaluation {evaluation_id!r} ({evaluation_id} is a {job.kind} job)")
     return EvaluationOut.of(job, service.dispatcher.dashboard_url)
 
@@ -57,5 +61,5 @@ def get_evaluation(evaluation_id: str, service: ServiceDep) -> EvaluationOut:
 def job_evaluations(job_id: str, service: ServiceDep) -> list[EvaluationOut]:
     """Every evaluation of the job's checkpoints, newest first."""
     service.store.get_job(job_id)
-    jobs, _ = service.store.list_jobs(kind="linear_probe", source_job_id=job_id, limit=500)
+    jobs, _ = service.store.list_jobs(kinds=kinds("evaluate"), source_job_id=job_id, limit=500)
     return [EvaluationOut.of(job, service.dispatcher.dashboard_url) for job in jobs]

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from services.artifacts import ARTIFACT_NAME, ARTIFACT_TYPES, MAX_ARTIFACT_BYTES, media_type
 from services.auth import require_job_token
 from services.routes.deps import ServiceDep
-from services.schemas import CheckpointIn, CheckpointOut, MetricsIn, ProbeResultOut
+from services.schemas import CheckpointIn, CheckpointOut, EvaluationResultOut, MetricsIn
 from services.service import Service
 from trainer.contracts.states import TERMINAL
 
@@ -51,7 +51,7 @@ def report_checkpoint(job_id: str, body: CheckpointIn, service: ServiceDep) -> C
 
 
 @router.post("/jobs/{job_id}/result", status_code=204)
-def report_result(job_id: str, body: ProbeResultOut, service: ServiceDep) -> None:
+def report_result(job_id: str, body: EvaluationResultOut, service: ServiceDep) -> None:
     _open_job(service, job_id)
     service.store.set_result(job_id, body.model_dump())
 

@@ -195,16 +195,20 @@ class Store:
         *,
         status: str | None = None,
         kind: str | None = None,
+        kinds: Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
         source_job_id: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; ``cursor`` continues after the last job of the previous page."""
+        """Newest first; ``cursor`` continues after the last job of the previous page. ``kind``:
+        of this kind only; ``kinds``: of any of these."""
         query = select(Job.id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         if status:
             query = query.where(Job.status == status)
         if kind:
             query = query.where(Job.kind == kind)
+        if kinds is not None:
+            query = query.where(Job.kind.in_(kinds))
         if source_job_id:
             query = query.where(Job.source_job_id == source_job_id)
         if cursor:

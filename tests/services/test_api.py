@@ -339,9 +339,27 @@ def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
     reported = api.post(f"/internal/v1/jobs/{evaluation['id']}/result", json=result,
                         headers=worker_auth(evaluation["id"]))  # fmt: skip
     assert reported.status_code == 204
-    assert api.get(f"/v1/evaluations/{evaluation['id']}").json()["result"] == result
+    got = api.get(f"/v1/evaluations/{evaluation['id']}").json()
+    assert got["result"] == {**result, "protocol": "linear"} and got["protocol"] == "linear"
+
+    knn = api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "knn",
+                                            "config": {"k": 20}}).json()  # fmt: skip
+    assert (knn["protocol"], knn["mode"], knn["checkpoint"]) == ("knn", None, "step-00000006")
+    assert knn["config"] == {"k": 20, "temperature": 0.1}
+    assert api.get(f"/v1/jobs/{knn['id']}").json()["kind"] == "knn"
+    scored = {"protocol": "knn", "top1": 91.0, "top5": 99.0, "k": 20, "temperature": 0.1,
+              "train_images": 1347, "test_images": 450, "seconds": 0.5}  # fmt: skip
+    assert api.post(f"/internal/v1/jobs/{knn['id']}/result", json=scored,
+                    headers=worker_auth(knn["id"])).status_code == 204  # fmt: skip
+    assert api.get(f"/v1/evaluations/{knn['id']}").json()["result"] == scored
     listed = api.get(f"/v1/jobs/{job_id}/evaluations").json()
-    assert [e["id"] for e in listed] == [named["id"], evaluation["id"]]
+    assert [e["id"] for e in listed] == [knn["id"], named["id"], evaluation["id"]]
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "knn",
+                                                     "config": {"k": 0}}), 422, "config.k")  # fmt: skip
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "knn",
+                                                     "config": {"epochs": 3}}), 422, "config.epochs")  # fmt: skip
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "finetune"}),
+                   422, "protocol")  # fmt: skip
 
 
 def test_evaluation_errors(api, tmp_path):

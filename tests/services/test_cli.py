@@ -64,6 +64,10 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
     assert reported.status_code == 201
     out = run(capsys, "eval", job_id, "--epochs", "10")
     assert f"fast linear probe of {job_id} at step-00000003 on digits" in out
+    out = run(capsys, "eval", job_id, "--protocol", "knn", "--k", "20")
+    assert f"kNN classifier of {job_id} at step-00000003 on digits" in out
+    knn = out.split(":")[0].removeprefix("evaluation ")
+    assert api.get(f"/v1/evaluations/{knn}").json()["config"] == {"k": 20, "temperature": 0.1}
 
 
 def test_errors_are_one_line(api, tmp_path, capsys):

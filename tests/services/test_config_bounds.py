@@ -22,14 +22,14 @@ from services.schemas import (
     AttemptOut,
     EvaluationCreate,
     EvaluationOut,
+    EvaluationResultOut,
     JobCreate,
     JobOut,
     LogsOut,
-    ProbeResultOut,
 )
 from services.settings import Settings
 from tests.services.test_api import INTERNAL, assert_problem
-from trainer.contracts.config import LinearProbeSettings, read_mapping
+from trainer.contracts.config import KnnSettings, LinearProbeSettings, read_mapping
 from trainer.contracts.kinds import KINDS
 from trainer.contracts.spec import Resources
 
@@ -39,9 +39,10 @@ GENERATIVE = {"data": {"name": "digits"}, "steps": 10}
 REQUEST_MODELS: list[type[BaseModel]] = [
     JobCreate,
     EvaluationCreate,
-    ProbeResultOut,
+    EvaluationResultOut,
     Resources,
     LinearProbeSettings,
+    KnnSettings,
 ]
 RESPONSE_MODELS: list[type[BaseModel]] = [AttemptOut, JobOut, EvaluationOut, ArtifactOut, LogsOut]
 
@@ -232,11 +233,12 @@ MINIMAL: dict[str, dict] = {
     "DatasetConfig": {"name": "digits"},
     "ToyDataConfig": {"name": "two_moons"},
     "SimCLRConfig": {"dataset": {"name": "digits"}},
-    "LinearProbeConfig": {"source_job_id": "job-x", "checkpoint": "step-1",
-                          "checkpoint_path": "/runs/job-x/step-1", "dataset": {"name": "digits"}},
+    **{name: {"source_job_id": "job-x", "checkpoint": "step-1",
+              "checkpoint_path": "/runs/job-x/step-1", "dataset": {"name": "digits"}}
+       for name in ("LinearProbeConfig", "KnnConfig")},
     "JobCreate": {"kind": "simclr"},
     "EvaluationCreate": {"job_id": "job-x"},
-    "ProbeResultOut": {"top1": 50.0, "top5": 90.0, "mode": "fast", "epochs": 1,
+    "EvaluationResultOut": {"top1": 50.0, "top5": 90.0, "mode": "fast", "epochs": 1,
                        "train_images": 10, "test_images": 10},
     **{kind.config.__name__: {"data": {"name": "digits"}} for kind in KINDS.values()
        if "data" in kind.config.model_fields},

@@ -15,7 +15,7 @@ from services.app import create_app
 from services.dispatcher import NoopDispatcher, job_spec
 from services.settings import Settings
 from trainer.contracts.config import StrictModel
-from trainer.contracts.kinds import KINDS, Kind, kinds, register
+from trainer.contracts.kinds import KINDS, Kind, evaluation, kinds, protocols, register
 from trainer.contracts.spec import JobSpec
 from trainer.driver import build_trainer, ray_worker, run_kind
 from trainer.session import LocalSession
@@ -90,9 +90,12 @@ def test_a_kind_is_taken_once_and_an_unknown_one_is_refused_by_name():
 
 def test_the_built_in_rows():
     assert kinds("pretrain") == ("simclr",)
-    assert kinds("evaluate") == ("linear_probe",)
+    assert kinds("evaluate") == ("linear_probe", "knn")
     assert set(kinds("generate")) == {"ddpm", "vae", "gan", "diffusevae", "flow"}
-    probe = KINDS["linear_probe"]
-    assert probe.reads_checkpoint and probe.max_failures == 0  # a failed evaluation is final
+    assert [evaluation(p).name for p in protocols()] == ["linear_probe", "knn"]
+    for name in kinds("evaluate"):  # a failed evaluation is final; each has its settings
+        row = KINDS[name]
+        assert row.reads_checkpoint and row.max_failures == 0 and row.settings is not None
+        assert set(row.settings.model_fields) < set(row.config.model_fields)
     for kind in KINDS.values():  # every worker entry imports (on the workers: here, on CPU)
         assert callable(kind.entry())

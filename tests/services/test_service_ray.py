@@ -261,9 +261,24 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         assert done["checkpoint"] == "step-00000002"
         assert Path(settings.storage_path, "features", job["id"], "step-00000002").is_dir()
 
+        # kNN on the same checkpoint, from the features the probe cached
+        knn = client.evaluate(job["id"], config={"k": 50}, protocol="knn")
+        scored = client.evaluation(client.wait(knn["id"])["id"])
+        assert scored["status"] == "succeeded", scored["error"]
+        assert (scored["protocol"], scored["result"]["k"], scored["result"]["temperature"]) == (
+            "knn",
+            50,
+            0.1,
+        )
+        assert 50 < scored["result"]["top1"] <= scored["result"]["top5"] <= 100
+
         failed = client.evaluation(client.wait(broken["id"])["id"])
         assert failed["status"] == "failed" and failed["result"] is None
         assert "unreadable" in failed["error"], failed["error"]
         assert len(failed["attempts"]) == 1  # not retried: the checkpoint will not get better
         assert client.ready() and client.job(job["id"])["status"] == "succeeded"
-        assert {e["id"] for e in client.evaluations(job["id"])} == {evaluation["id"], broken["id"]}
+        assert {e["id"] for e in client.evaluations(job["id"])} == {
+            evaluation["id"],
+            broken["id"],
+            knn["id"],
+        }

@@ -245,8 +245,9 @@ class LinearProbeSettings(StrictModel):
         return self
 
 
-class LinearProbeConfig(LinearProbeSettings):
-    """A linear evaluation job: the settings, the data, and the checkpoint the service resolved."""
+class CheckpointTarget(StrictModel):
+    """What every evaluation scores: a pretraining job's checkpoint (resolved by the service), on
+    a data set."""
 
     source_job_id: str
     checkpoint: str = Field(description="the checkpoint's name (its id in the service)")
@@ -255,6 +256,10 @@ class LinearProbeConfig(LinearProbeSettings):
     )
     dataset: DatasetConfig
 
+
+class LinearProbeConfig(LinearProbeSettings, CheckpointTarget):
+    """A linear evaluation job: the settings, the data, and the checkpoint the service resolved."""
+
     @property
     def resolved_mode(self) -> str:
         return self.mode or ("augmented" if self.dataset.name == "imagenet" else "fast")
@@ -262,6 +267,21 @@ class LinearProbeConfig(LinearProbeSettings):
     @property
     def resolved_batch_size(self) -> int:
         return self.batch_size or (4096 if self.dataset.name == "imagenet" else 256)
+
+
+class KnnSettings(StrictModel):
+    """What a user chooses about a kNN evaluation: the weighted k-nearest-neighbour classifier of
+    Wu et al. (2018), as solo-learn and lightly report it. Each of the ``k`` training features
+    most cosine-similar to a test feature votes exp(similarity / ``temperature``) for its class."""
+
+    k: int = Field(default=200, ge=1, le=10_000, description="neighbours that vote")
+    temperature: float = Field(
+        default=0.1, gt=0, le=100, description="votes weigh exp(cosine similarity / temperature)"
+    )
+
+
+class KnnConfig(KnnSettings, CheckpointTarget):
+    """A kNN evaluation job: the settings, the data, and the checkpoint the service resolved."""
 
 
 def read_mapping(path: str | Path) -> dict:

@@ -23,7 +23,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from trainer.contracts.config import LinearProbeConfig, SimCLRConfig
+from trainer.contracts.config import (
+    KnnConfig,
+    KnnSettings,
+    LinearProbeConfig,
+    LinearProbeSettings,
+    SimCLRConfig,
+)
 from trainer.contracts.generative import (
     DDPMConfig,
     DiffuseVAEConfig,
@@ -43,6 +49,10 @@ class Kind:
     role: Role
     max_failures: int | None = None
     reads_checkpoint: bool = False
+    # an evaluation: the name POST /v1/evaluations takes for it, and the part of its config a
+    # user chooses there (the service fills in the rest: the checkpoint and the data set)
+    protocol: str | None = None
+    settings: type[BaseModel] | None = None
 
     def entry(self) -> Callable[[Any, Any], None]:
         """The worker entry ``worker`` names, imported: ``entry(spec, session)`` runs the job on
@@ -63,6 +73,19 @@ def register(kind: Kind) -> Kind:
     return kind
 
 
+def evaluation(protocol: str) -> Kind:
+    """The evaluation kind of ``protocol``; ``KeyError`` when no kind has it."""
+    for kind in KINDS.values():
+        if kind.role == "evaluate" and kind.protocol == protocol:
+            return kind
+    raise KeyError(protocol)
+
+
+def protocols() -> tuple[str, ...]:
+    """The protocols of the registered evaluation kinds."""
+    return tuple(k.protocol for k in KINDS.values() if k.role == "evaluate" and k.protocol)
+
+
 def kinds(*roles: Role) -> tuple[str, ...]:
     """The names of the registered kinds with one of ``roles`` (all kinds when none is given)."""
     return tuple(name for name, kind in KINDS.items() if not roles or kind.role in roles)
@@ -79,6 +102,18 @@ for row in (
         "evaluate",
         max_failures=0,
         reads_checkpoint=True,
+        protocol="linear",
+        settings=LinearProbeSettings,
+    ),
+    Kind(
+        "knn",
+        KnnConfig,
+        "trainer.knn:knn_worker",
+        "evaluate",
+        max_failures=0,
+        reads_checkpoint=True,
+        protocol="knn",
+        settings=KnnSettings,
     ),
     # a generative kind's entry is its task's: trainer.generative.tasks.Task.worker
     Kind("ddpm", DDPMConfig, "trainer.generative.tasks:DDPMTask.worker", "generate"),

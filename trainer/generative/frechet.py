@@ -5,8 +5,9 @@
 FID is this distance in the 2,048 pool features of the Inception-v3 network of the FID reference
 code (TensorFlow's, ported by pytorch-fid: 1,008 classes, no auxiliary logits, patched blocks).
 The network is pytorch-fid's own (``pytorch_fid.inception.InceptionV3``), and its inputs are
-prepared as pytorch-fid prepares them (bilinear resize to 299 px, [0, 1] scaled to [-1, 1]), so a
-figure is comparable with published FIDs given the reference weights. Those weights come from the
+prepared as pytorch-fid prepares them (bilinear resize to 299 px, [0, 1] scaled to [-1, 1]).
+With the reference weights it is the field's FID up to one difference: the samples are scored as
+the network generates them, not rounded to 8-bit images first as published sample sets are. Those weights come from the
 internet, so FID is computed only from a local file (``inception_weights``: pytorch-fid's
 ``pt_inception-2015-12-05-6726825d.pth``) and is called ``fid``. Otherwise the features are those
 of a small classifier trained in the job on the same labelled data, and the figure is called
@@ -140,7 +141,7 @@ def fid_inception(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     package.load_state_dict_from_url = lambda *args, **kwargs: state_dict
     try:
         return package.InceptionV3([package.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
+    except (RuntimeError, TypeError, AttributeError) as error:  # not that network's state dict
         raise ValueError(
             f"inception_weights is not a state of pytorch-fid's FID Inception-v3: {error}"
         ) from None
