@@ -262,7 +262,7 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         assert Path(settings.storage_path, "features", job["id"], "step-00000002").is_dir()
 
         # kNN on the same checkpoint, from the features the probe cached
-        knn = client.evaluate(job["id"], config={"k": 50}, protocol="knn")
+        knn = client.evaluate(job["id"], "step-00000002", config={"k": 50}, protocol="knn")
         scored = client.evaluation(client.wait(knn["id"])["id"])
         assert scored["status"] == "succeeded", scored["error"]
         assert (scored["protocol"], scored["result"]["k"], scored["result"]["temperature"]) == (
