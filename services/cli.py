@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="knn: votes weigh exp(similarity / T)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--wait", action="store_true", help="wait for the result")
+    p = commands.add_parser(
+        "export", help="a checkpoint's encoder as a file, and its model card beside it (FILE.json)"
+    )
+    p.add_argument("job_id")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint's name")
+    p.add_argument("--format", default="safetensors",
+                   choices=["safetensors", "torchvision", "torchscript"])  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="the file to write")
     p = commands.add_parser("logs", help="print a job's log")
     p.add_argument("job_id")
     p.add_argument("--follow", action="store_true")
@@ -278,6 +286,19 @@ def main(argv: list[str] | None = None) -> None:
             job = client.job(args.job_id)
             print(describe(job))
             print(json.dumps(job["config"], indent=2))
+        elif args.command == "export":
+            output = Path(args.output)
+            card = client.export(args.job_id, args.checkpoint, "card")  # resolves 'latest' once
+            checkpoint = json.loads(card)["checkpoint"]
+            for path, data in ((output, client.export(args.job_id, checkpoint, args.format)),
+                               (Path(f"{output}.json"), card)):  # fmt: skip
+                temporary = path.with_name(f".{path.name}.tmp")
+                temporary.write_bytes(data)
+                temporary.replace(path)
+            print(
+                f"{output}: the encoder of {args.job_id} at {checkpoint} ({args.format}); "
+                f"{output}.json: its model card"
+            )
         elif args.command == "logs":
             if args.follow:
                 for text in client.follow_logs(args.job_id):

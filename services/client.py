@@ -38,7 +38,8 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response; ``ApiError`` with the problem's detail for a 4xx or 5xx."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
@@ -51,7 +52,10 @@ class Client:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, str(detail))
-        return response.json()
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
 
     def submit(
         self,
@@ -124,6 +128,13 @@ class Client:
         if attempt is not None:
             params["attempt"] = attempt
         return self._call("GET", f"/v1/jobs/{job_id}/logs", params=params)
+
+    def export(self, job_id: str, checkpoint: str = "latest", format: str = "safetensors") -> bytes:
+        """The checkpoint's encoder as a file's bytes, or its model card (``format="card"``, JSON)."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/checkpoints/{checkpoint}/export", params={"format": format}
+        )
+        return response.content
 
     def ready(self) -> bool:
         try:

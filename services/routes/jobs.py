@@ -3,12 +3,14 @@ artifacts."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Response
+from fastapi.responses import FileResponse, JSONResponse
 
 from services.artifacts import ARTIFACT_TYPES, media_type
 from services.auth import require_api_token
+from services.export import exported, model_card
 from services.kinds import ConfigError, validate_config
 from services.problems import PROBLEM
 from services.routes.deps import ServiceDep
@@ -32,6 +34,9 @@ from trainer.contracts.states import FINISHED_ATTEMPT_STATES
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
 
 LOG_PAGE_CHARS = 1 << 20
+ExportFormat = Literal["safetensors", "torchvision", "torchscript", "card"]
+EXPORT_FORMATS = ("safetensors (the config in its metadata), torchvision (ResNets: a state dict "
+                  "for the torchvision constructor), torchscript, or card (the model card, JSON)")  # fmt: skip
 
 
 @router.post(
@@ -132,6 +137,29 @@ def job_metrics(
 def job_checkpoints(job_id: str, service: ServiceDep) -> list[CheckpointOut]:
     """Every checkpoint reported, oldest first; ``available`` is false once Ray Train pruned it."""
     return [CheckpointOut.model_validate(c) for c in service.store.list_checkpoints(job_id)]
+
+
+@router.get("/jobs/{job_id}/checkpoints/{name}/export",
+            responses={200: {"content": {"application/octet-stream": {}, "application/json": {}},
+                             "description": "the encoder's file, or its model card (JSON)"},
+                       404: PROBLEM, 409: PROBLEM, 422: PROBLEM})  # fmt: skip
+def export_checkpoint(
+    job_id: str,
+    name: Annotated[str, Path(max_length=100)],
+    service: ServiceDep,
+    format: Annotated[ExportFormat, Query(description=EXPORT_FORMATS)] = "safetensors",
+) -> Response:
+    """A checkpoint's encoder (``name`` or ``latest``) without the projection head, in a format
+    loaded without this project: ``safetensors``, ``torchvision`` (a ResNet's state dict for its
+    torchvision constructor), ``torchscript``; ``card``: the model card (the job, the
+    checkpoint, the config and data, every evaluation of that checkpoint)."""
+    if format == "card":
+        checkpoint = service.store.checkpoint(job_id, name).name
+        return JSONResponse(model_card(service.store, job_id, checkpoint))
+    file = exported(service.settings, service.store, job_id, name, format)
+    checkpoint = file.parent.name
+    return FileResponse(file, media_type="application/octet-stream",
+                        filename=f"{job_id}-{checkpoint}-encoder{file.suffix}")  # fmt: skip
 
 
 @router.get("/jobs/{job_id}/logs", response_model=LogsOut, responses={404: PROBLEM})
