@@ -6,7 +6,8 @@ of its own with this service's Python: the service never imports torch, but the 
 needs the trainer's packages for an export (the same environment as ``simclr serve`` has here).
 Each export is kept under ``<storage>/exports/<job>/<checkpoint>/`` once written (a checkpoint
 never changes), written under a temporary name and renamed, so concurrent requests and a crash
-leave either nothing or the whole file. Only a checkpoint of the job's own run directory, as the
+leave either nothing or the whole file; an API process writes one export at a time (a request
+that finds one being written gets a 503 with ``Retry-After``). Only a checkpoint of the job's own run directory, as the
 store recorded it, is read.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = {"safetensors": "safetensors", "torchvision": "pth", "torchscript": "pt"}
 EXPORT_TIMEOUT_S = 600
+ONE_AT_A_TIME = threading.Lock()
 
 
 def model_card(store: Store, job_id: str, checkpoint_name: str) -> dict[str, Any]:
@@ -72,15 +75,25 @@ def exported(settings: Settings, store: Store, job_id: str, checkpoint_name: str
                   f"encoder.{SUFFIXES[format]}")  # fmt: skip
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "trainer.export", str(source), "--format", format,
-               "-o", str(target)]  # fmt: skip
+    # each export is a process with torch loaded, run on a request thread: one at a time, and a
+    # request that finds one running is told to come back rather than holding a thread too
+    if not ONE_AT_A_TIME.acquire(blocking=False):
+        raise HTTPException(503, "another export is being written; try again shortly",
+                            headers={"Retry-After": "10"})  # fmt: skip
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise HTTPException(
-            503, f"exporting {checkpoint.name} took over {EXPORT_TIMEOUT_S} s"
-        ) from None
+        if target.is_file():  # written by the export that just finished
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "trainer.export", str(source), "--format", format,
+                   "-o", str(target)]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise HTTPException(
+                503, f"exporting {checkpoint.name} took over {EXPORT_TIMEOUT_S} s"
+            ) from None
+    finally:
+        ONE_AT_A_TIME.release()
     if done.returncode == 2:  # trainer.export's own words: a format this backbone lacks
         raise HTTPException(422, done.stderr.strip().splitlines()[-1].removeprefix("error: "))
     if done.returncode != 0:  # the reason may quote the file: the log has it, the client not

@@ -149,6 +149,14 @@ def test_the_small_cnn_exports_to_two_formats_and_refusals_say_why(
                                  "step-00000008", "does not load")  # fmt: skip
         assert "secret" not in refused["detail"]
 
+        # one export at a time per process: the next is told to come back, holding no thread
+        from services.export import ONE_AT_A_TIME
+
+        with ONE_AT_A_TIME:
+            busy = api.get(export, params={"format": "safetensors"})
+        assert_problem(busy, 503, "another export is being written")
+        assert busy.headers["retry-after"] == "10"
+
         # the CLI: the file and its model card beside it
         monkeypatch.setattr(cli, "Client", lambda: Client(http=api))
         output = tmp_path / "encoder.safetensors"
