@@ -46,6 +46,10 @@ class Client:
             raise ApiError(
                 0, f"no service at {self.http.base_url} (start one: simclr serve)"
             ) from None
+        except httpx.TimeoutException:
+            raise ApiError(
+                0, f"{method} {path}: no answer in time from {self.http.base_url}"
+            ) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -131,9 +135,10 @@ class Client:
 
     def export(self, job_id: str, checkpoint: str = "latest", format: str = "safetensors") -> bytes:
         """The checkpoint's encoder as a file's bytes, or its model card (``format="card"``, JSON)."""
-        response = self._request(
-            "GET", f"/v1/jobs/{job_id}/checkpoints/{checkpoint}/export", params={"format": format}
-        )
+        response = self._request(  # a first export of a large model takes minutes
+            "GET", f"/v1/jobs/{job_id}/checkpoints/{checkpoint}/export", params={"format": format},
+            timeout=660,
+        )  # fmt: skip
         return response.content
 
     def ready(self) -> bool:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
+from pydantic import ValidationError
 
 from services.settings import Settings
 from services.store.store import Store
+from trainer.contracts.config import SimCLRConfig, torchvision_recipe
 from trainer.contracts.kinds import kinds
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,18 @@ def model_card(store: Store, job_id: str, checkpoint_name: str) -> dict[str, Any
         "job": job.id, "name": job.name, "kind": job.kind, "checkpoint": checkpoint.name,
         "step": checkpoint.step, "epoch": checkpoint.epoch, "config": job.config,
         "dataset": job.config.get("dataset"), "evaluations": scores,
+        "torchvision": _recipe(job.config),
         "encoder": "the backbone without the projection head: pooled features of images",
     }  # fmt: skip
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any] | None:
+    """How to build the torchvision model the encoder loads into, or None (no such model, or a
+    config written by an older release that today's model refuses)."""
+    try:
+        return torchvision_recipe(SimCLRConfig.model_validate(config))
+    except ValidationError:
+        return None
 
 
 def exported(settings: Settings, store: Store, job_id: str, checkpoint_name: str,
@@ -88,14 +100,17 @@ def exported(settings: Settings, store: Store, job_id: str, checkpoint_name: str
                    "-o", str(target)]  # fmt: skip
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # killed: its temporary file stays behind
+            for left in target.parent.glob(f".{target.name}.*.tmp"):
+                left.unlink(missing_ok=True)
             raise HTTPException(
                 503, f"exporting {checkpoint.name} took over {EXPORT_TIMEOUT_S} s"
             ) from None
     finally:
         ONE_AT_A_TIME.release()
     if done.returncode == 2:  # trainer.export's own words: a format this backbone lacks
-        raise HTTPException(422, done.stderr.strip().splitlines()[-1].removeprefix("error: "))
+        said = done.stderr.strip().splitlines() or ["error: this format is not available"]
+        raise HTTPException(422, said[-1].removeprefix("error: "))
     if done.returncode != 0:  # the reason may quote the file: the log has it, the client not
         log.error("export of %s/%s as %s failed (%d): %s", job_id, checkpoint.name, format,
                   done.returncode, done.stderr[-4000:])  # fmt: skip

@@ -186,7 +186,8 @@ class EvaluationResultOut(BaseModel):
     temperature: float | None = Field(default=None, gt=0, le=100)
 
     @model_serializer(mode="wrap")
-    def _settings_of_its_protocol(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _settings_of_its_protocol(self, handler: SerializerFunctionWrapHandler):
+        # no return annotation: OpenAPI then documents the fields, not a free-form object
         """Only the fields that were given: a linear result has no k, a kNN result no epochs."""
         return {name: value for name, value in handler(self).items() if value is not None}
 

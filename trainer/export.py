@@ -3,8 +3,8 @@ format a downstream user loads without this project installed.
 
     python -m trainer.export CHECKPOINT --format safetensors|torchvision|torchscript -o FILE
 
-- ``safetensors``: the encoder's tensors in fp32 (``safetensors.torch.load_file``), keyed as the
-  backbone names them; the metadata holds the pretraining config (``simclr_config``, JSON) and,
+- ``safetensors``: the encoder's tensors in fp32 (``safetensors.torch.load_file``), a ResNet's
+  keyed as torchvision names them (the small CNN's as this project does); the metadata holds the pretraining config (``simclr_config``, JSON) and,
   for a ResNet, ``torchvision`` (below).
 - ``torchvision``: a state dict (``torch.save``, loadable with ``weights_only=True``) that the
   backbone's torchvision constructor (``torchvision.models.resnet50()``, ...) loads with only
@@ -28,32 +28,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from trainer.contracts.config import SimCLRConfig
-from trainer.linear_probe import CheckpointError, load_encoder
+from trainer.contracts.config import torchvision_recipe
+from trainer.linear_probe import load_encoder
 
 FORMATS = ("safetensors", "torchvision", "torchscript")
 
 
-def torchvision_recipe(config: SimCLRConfig) -> dict[str, Any] | None:
-    """How to build the torchvision model the ``torchvision`` export loads into; None for a
-    backbone torchvision does not have."""
-    backbone = config.backbone
-    if backbone.name == "small_cnn":
-        return None
-    steps = [f"model = torchvision.models.{backbone.name}()"]
-    if backbone.cifar_stem:
-        steps += [
-            "model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
-            "model.maxpool = torch.nn.Identity()",
-        ]
-    steps += ["model.load_state_dict(state, strict=False)  # only fc.* is missing",
-              "model.fc = torch.nn.Identity()  # the pooled features"]  # fmt: skip
-    return {"constructor": f"torchvision.models.{backbone.name}", "cifar_stem": backbone.cifar_stem,
-            "build": steps}  # fmt: skip
+class UnsupportedFormat(Exception):
+    """A format this backbone has no counterpart in (torchvision for the small CNN)."""
 
 
 def export(checkpoint: str | Path, format: str, output: str | Path) -> Path:
@@ -72,10 +57,12 @@ def export(checkpoint: str | Path, format: str, output: str | Path) -> Path:
             metadata = {"simclr_config": config.model_dump_json(), "format": "simclr-encoder"}
             if (recipe := torchvision_recipe(config)) is not None:
                 metadata["torchvision"] = json.dumps(recipe)
+            if recipe is not None:  # torchvision's names, as the recipe loads them
+                state = {name.removeprefix("net."): t for name, t in state.items()}
             save_file(state, str(temporary), metadata=metadata)
         elif format == "torchvision":
             if torchvision_recipe(config) is None:
-                raise ValueError(
+                raise UnsupportedFormat(
                     f"a {config.backbone.name} encoder has no torchvision counterpart: "
                     "export it as safetensors or torchscript"
                 )
@@ -96,12 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         export(args.checkpoint, args.format, args.output)
-    except CheckpointError as error:  # a ValueError too: caught first
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except ValueError as error:
+    except UnsupportedFormat as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ValueError as error:  # CheckpointError, or a stored config today's model refuses
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

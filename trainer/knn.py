@@ -34,18 +34,26 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def knn_scores(
     train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-    num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024,
+    num_classes: int, k: int = 200, temperature: float = 0.1,
+    device: torch.device | str = "cpu", max_elements: int = 1 << 26,
 ) -> torch.Tensor:  # fmt: skip
     """(N_test, num_classes) weighted votes of each test feature's ``k`` nearest training
-    features (all of them when there are fewer), ``chunk`` test rows at a time."""
-    train = F.normalize(train_features.float(), dim=1)
+    features (all of them when there are fewer), on ``device``, as many test rows at a time as
+    keep their similarity matrix under ``max_elements`` values. Each row's votes are scaled by
+    exp(-(its highest similarity) / temperature): the classes rank as with the plain votes, and
+    no vote overflows at a small temperature."""
+    train = F.normalize(train_features.to(device).float(), dim=1)
+    labels = train_labels.to(device)
     k = min(k, train.shape[0])
+    chunk = max(1, max_elements // train.shape[0])
     scores = []
-    for rows in test_features.float().split(chunk):
-        similarity, index = (F.normalize(rows, dim=1) @ train.T).topk(k, dim=1)
-        votes = torch.zeros(rows.shape[0], num_classes, dtype=similarity.dtype)
-        votes.scatter_add_(1, train_labels[index], (similarity / temperature).exp())
-        scores.append(votes)
+    for rows in test_features.split(chunk):
+        rows = F.normalize(rows.to(device).float(), dim=1)
+        similarity, index = (rows @ train.T).topk(k, dim=1)  # sorted: column 0 is the highest
+        weights = ((similarity - similarity[:, :1]) / temperature).exp()
+        votes = torch.zeros(rows.shape[0], num_classes, dtype=weights.dtype, device=device)
+        votes.scatter_add_(1, labels[index], weights)
+        scores.append(votes.cpu())
     return torch.cat(scores)
 
 
@@ -62,9 +70,12 @@ def run_knn(config: KnnConfig, storage: str, session: TrainingSession,
         return None
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
     classes = int(max(train_y.max(), test_y.max())) + 1
-    scores = knn_scores(train_x, train_y, test_x, classes, config.k, config.temperature)
+    scores = knn_scores(
+        train_x, train_y, test_x, classes, config.k, config.temperature, session.device
+    )
     top1, top5 = top_k_accuracy(scores, test_y)
-    return {"protocol": "knn", "top1": 100 * top1, "top5": 100 * top5, "k": config.k,
+    k = min(config.k, len(train_y))  # the neighbours that did vote
+    return {"protocol": "knn", "top1": 100 * top1, "top5": 100 * top5, "k": k,
             "temperature": config.temperature, "train_images": len(train_y),
             "test_images": len(test_y), "seconds": time.perf_counter() - start}  # fmt: skip
 

@@ -11,7 +11,7 @@ variant (App. B.9) and the small presets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -282,6 +282,25 @@ class KnnSettings(StrictModel):
 
 class KnnConfig(KnnSettings, CheckpointTarget):
     """A kNN evaluation job: the settings, the data, and the checkpoint the service resolved."""
+
+
+def torchvision_recipe(config: SimCLRConfig) -> dict[str, Any] | None:
+    """How to build the torchvision model an exported encoder (``trainer.export``) loads into,
+    as lines of Python over ``state`` (the exported tensors); None for a backbone torchvision
+    does not have."""
+    backbone = config.backbone
+    if backbone.name == "small_cnn":
+        return None
+    steps = [f"model = torchvision.models.{backbone.name}()"]
+    if backbone.cifar_stem:
+        steps += [
+            "model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
+            "model.maxpool = torch.nn.Identity()",
+        ]
+    steps += ["model.load_state_dict(state, strict=False)  # only fc.* is missing",
+              "model.fc = torch.nn.Identity()  # the pooled features"]  # fmt: skip
+    return {"constructor": f"torchvision.models.{backbone.name}", "cifar_stem": backbone.cifar_stem,
+            "build": steps}  # fmt: skip
 
 
 def read_mapping(path: str | Path) -> dict:
