@@ -43,7 +43,9 @@ class UnsupportedFormat(Exception):
 
 def export(checkpoint: str | Path, format: str, output: str | Path) -> Path:
     """Write the encoder of ``checkpoint`` (a checkpoint directory or its ``state.pt``) to
-    ``output`` in ``format``; raises ``CheckpointError`` or ``ValueError`` saying what is wrong."""
+    ``output`` in ``format``; raises ``UnsupportedFormat`` (a format the backbone lacks),
+    ``CheckpointError`` or another ``ValueError`` (a checkpoint that does not load), each saying
+    what is wrong."""
     if format not in FORMATS:
         raise ValueError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
     encoder, config = load_encoder(checkpoint)
@@ -57,7 +59,7 @@ def export(checkpoint: str | Path, format: str, output: str | Path) -> Path:
             metadata = {"simclr_config": config.model_dump_json(), "format": "simclr-encoder"}
             if (recipe := torchvision_recipe(config)) is not None:
                 metadata["torchvision"] = json.dumps(recipe)
-            if recipe is not None:  # torchvision's names, as the recipe loads them
+                # torchvision's names, as the recipe loads them
                 state = {name.removeprefix("net."): t for name, t in state.items()}
             save_file(state, str(temporary), metadata=metadata)
         elif format == "torchvision":
