@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import ValidationError
 
+from services.checkpoints import pretraining_checkpoint
 from services.settings import Settings
 from services.store.store import Store
 from trainer.contracts.config import SimCLRConfig, torchvision_recipe
@@ -68,14 +69,7 @@ def _recipe(config: dict[str, Any]) -> dict[str, Any] | None:
 def exported(settings: Settings, store: Store, job_id: str, checkpoint_name: str,
              format: str) -> Path:  # fmt: skip
     """The file of ``format`` for that checkpoint's encoder, written now if it is not yet."""
-    job = store.get_job(job_id)
-    if job.kind not in kinds("pretrain"):
-        raise HTTPException(422, f"job {job_id} is a {job.kind} job: only a pretraining job's "
-                               "encoder exports")  # fmt: skip
-    checkpoint = store.checkpoint(job_id, checkpoint_name)
-    if not checkpoint.available:
-        raise HTTPException(409, f"checkpoint {checkpoint.name} of job {job_id} was pruned by "
-                               "Ray Train (keep_checkpoints)")  # fmt: skip
+    _, checkpoint = pretraining_checkpoint(store, job_id, checkpoint_name)
     if "://" in settings.storage_root:
         raise HTTPException(422, "exports read checkpoints on a local or mounted storage only; "
                                  f"this service's storage is {settings.storage_root}")  # fmt: skip

@@ -14,16 +14,17 @@ import hashlib
 import json
 from typing import Any
 
-from fastapi import BackgroundTasks, HTTPException
+from fastapi import BackgroundTasks
 from pydantic import BaseModel
 
+from services.checkpoints import pretraining_checkpoint
 from services.data_roots import confine_config
 from services.dispatcher import DispatchError, unplaceable_reason
 from services.kinds import ConfigError, validate_model
 from services.schemas import EvaluationCreate
 from services.service import Service
 from services.store.store import JobRecord
-from trainer.contracts.kinds import Kind, evaluation, kinds
+from trainer.contracts.kinds import Kind, evaluation
 
 
 def submit(
@@ -76,16 +77,7 @@ def evaluation_config(
     """The pretraining job an evaluation scores, the kind of its protocol, and the evaluation's
     config: the protocol's settings, the checkpoint resolved (``latest`` or a name), and the data
     set the job trained on unless the request names one."""
-    source = service.store.get_job(body.job_id)
-    if source.kind not in kinds("pretrain"):
-        raise HTTPException(422, f"job {source.id} is a {source.kind} job, not a pretraining job")
-    checkpoint = service.store.checkpoint(source.id, body.checkpoint)
-    if not checkpoint.available:
-        kept = [c.name for c in service.store.list_checkpoints(source.id) if c.available]
-        raise HTTPException(
-            409, f"checkpoint {checkpoint.name} of job {source.id} was pruned by Ray Train "
-                 f"(keep_checkpoints); available: {', '.join(kept) or 'none'}",
-        )  # fmt: skip
+    source, checkpoint = pretraining_checkpoint(service.store, body.job_id, body.checkpoint)
     kind = evaluation(body.protocol)
     settings = validate_model(kind.settings, body.config, ("body", "config"))
     config = validate_model(

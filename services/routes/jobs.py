@@ -154,8 +154,7 @@ def export_checkpoint(
     torchvision constructor), ``torchscript``; ``card``: the model card (the job, the
     checkpoint, the config and data, every evaluation of that checkpoint)."""
     if format == "card":
-        checkpoint = service.store.checkpoint(job_id, name).name
-        return JSONResponse(model_card(service.store, job_id, checkpoint))
+        return JSONResponse(model_card(service.store, job_id, name))
     file = exported(service.settings, service.store, job_id, name, format)
     checkpoint = file.parent.name
     return FileResponse(file, media_type="application/octet-stream",

@@ -141,7 +141,8 @@ def test_auth_when_a_token_is_set(database_url, tmp_path):
     with make_client(database_url, tmp_path, api_token="s3cret") as api:
         assert api.get("/healthz").status_code == 200
         for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/metrics"),
-                             ("GET", "/v1/jobs/x/logs")):  # fmt: skip
+                             ("GET", "/v1/jobs/x/logs"), ("POST", "/v1/evaluations"),
+                             ("GET", "/v1/jobs/x/checkpoints/latest/export")):  # fmt: skip
             response = api.request(method, path)
             assert_problem(response, 401, "bearer token")
             assert response.headers["www-authenticate"] == "Bearer"

@@ -141,6 +141,9 @@ def test_the_small_cnn_exports_to_two_formats_and_refusals_say_why(
         assert scripted.status_code == 200
         assert_problem(api.get(export, params={"format": "onnx"}), 422, "format")
         assert_problem(api.get(f"/v1/jobs/{job_id}/checkpoints/step-9/export"), 404, "step-9")
+        # hostile names: a parent directory (encoded, so it reaches the route) and a long one
+        assert_problem(api.get(f"/v1/jobs/{job_id}/checkpoints/%2E%2E/export"), 404, "'..'")
+        assert_problem(api.get(f"/v1/jobs/{job_id}/checkpoints/{'s' * 101}/export"), 422, "name")
         # a checkpoint that does not load: said, without quoting the file
         broken = Path(run_dir(api, job_id), "step-00000008")
         broken.mkdir()
