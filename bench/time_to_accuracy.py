@@ -77,6 +77,16 @@ def load_cifar_split(archive: Path, scratch: Path) -> tuple[InMemoryImages, InMe
     return pick(torch.tensor(train_index)), pick(torch.tensor(test_index))
 
 
+def load_split(data: str, scratch: Path) -> tuple[InMemoryImages, InMemoryImages, int]:
+    """The pretraining and test images of ``data`` (cifar10: unpacked into ``scratch``; digits)
+    and their view size."""
+    if data == "digits":
+        return load_digits_split("train"), load_digits_split("test"), 16
+    if not CIFAR_ARCHIVE.is_file():
+        raise SystemExit(f"the CIFAR-10 images are not at {CIFAR_ARCHIVE}")
+    return *load_cifar_split(CIFAR_ARCHIVE, scratch), 32
+
+
 def recipe(args: argparse.Namespace, view_size: int) -> SimCLRConfig:
     return SimCLRConfig.model_validate({
         "dataset": {"name": "synthetic", "image_size": view_size},  # the images come in memory
@@ -376,13 +386,7 @@ def main() -> None:
         return
     print(f"# {machine_summary()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        if args.data == "cifar10":
-            if not CIFAR_ARCHIVE.is_file():
-                raise SystemExit(f"the CIFAR-10 images are not at {CIFAR_ARCHIVE}")
-            train, test, size = *load_cifar_split(CIFAR_ARCHIVE, scratch), 32
-        else:
-            train, test, size = load_digits_split("train"), load_digits_split("test"), 16
+        train, test, size = load_split(args.data, Path(scratch))
         config = recipe(args, size)
         print(f"# {args.data}: {len(train)} pretraining / probe-train images, {len(test)} test; "
               f"{args.backbone}, batch {args.batch}, budget {args.budget:.0f} s", flush=True)  # fmt: skip

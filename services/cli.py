@@ -84,10 +84,22 @@ def describe(job: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scheduled_evaluation(value: str) -> dict[str, str]:
+    """``PROTOCOL:WHEN`` of ``simclr submit --evaluate`` as an item of the job's ``evaluate``."""
+    protocol, _, when = value.partition(":")
+    if when not in ("checkpoint", "end") or not protocol:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected PROTOCOL:checkpoint or PROTOCOL:end, e.g. knn:checkpoint"
+        )
+    return {
+        "protocol": protocol,
+        **({"every": "checkpoint"} if when == "checkpoint" else {"at": "end"}),
+    }
+
+
 def describe_evaluation(evaluation: dict[str, Any]) -> str:
-    what = {"linear": f"{evaluation.get('mode')} linear probe", "knn": "kNN classifier"}.get(
-        evaluation["protocol"], evaluation["protocol"]
-    )
+    what = {"linear": f"{evaluation.get('mode')} linear probe", "knn": "kNN classifier",
+            "finetune": "fine-tuning"}.get(evaluation["protocol"], evaluation["protocol"])  # fmt: skip
     lines = [
         f"evaluation {evaluation['id']}: {what} of "
         f"{evaluation['job_id']} at {evaluation['checkpoint']} on {evaluation['dataset']['name']}",
@@ -96,9 +108,14 @@ def describe_evaluation(evaluation: dict[str, Any]) -> str:
     ]
     result = evaluation.get("result")
     if result:
-        settings = (f"k {result['k']}, temperature {result['temperature']}"
-                    if result["protocol"] == "knn"
-                    else f"{result['mode']}, {result['epochs']} epochs")  # fmt: skip
+        if result["protocol"] == "knn":
+            settings = f"k {result['k']}, temperature {result['temperature']}"
+        elif result["protocol"] == "finetune":
+            settings = (
+                f"{100 * result['label_fraction']:.3g} % of the labels, {result['epochs']} epochs"
+            )
+        else:
+            settings = f"{result['mode']}, {result['epochs']} epochs"
         lines.append(
             f"result     top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({settings}, "
             f"{result['train_images']} train / {result['test_images']} test images)"
@@ -107,10 +124,12 @@ def describe_evaluation(evaluation: dict[str, Any]) -> str:
 
 
 def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
-    """A progress bar of the job's steps (loss and learning rate beside it) until it finishes."""
+    """A progress bar of the job's steps (loss, learning rate and the monitor's kNN top-1 beside
+    it, each as last reported) until it finishes."""
     job = client.job(job_id)
     total = job["config"].get("max_steps")
     last_step = 0
+    shown: dict[str, float] = {}
     with tqdm(total=total, unit="step", desc=job_id, dynamic_ncols=True) as bar:
         while True:
             points = client.metrics(job_id, after_step=last_step)
@@ -119,7 +138,8 @@ def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
                 step = points[-1]["step"]
                 bar.update(step - last_step)
                 last_step = step
-                bar.set_postfix({k: f"{latest[k]:.4g}" for k in ("loss", "lr") if k in latest})
+                shown.update({k: latest[k] for k in ("loss", "lr", "knn_top1") if k in latest})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
             job = client.job(job_id)
             bar.set_description(f"{job_id} [{job['status']}]")
             if job["status"] in TERMINAL:
@@ -153,17 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--idempotency-key")
     p.add_argument("--follow", action="store_true", help="show progress until the job finishes")
+    p.add_argument(
+        "--evaluate", action="append", type=scheduled_evaluation, metavar="PROTOCOL:WHEN",
+        help="an evaluation the service runs as its own job: WHEN is 'checkpoint' (every "
+        "checkpoint) or 'end' (the last one, once the job succeeded); e.g. knn:checkpoint, "
+        "linear:end (repeatable; the protocol's defaults)",
+    )  # fmt: skip
     p = commands.add_parser("jobs", help="list jobs")
     p.add_argument("--status")
     p.add_argument("--kind")
     p.add_argument("--limit", type=int, default=50)
-    for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("retry", "retry a job")):
+    for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("retry", "retry a job"),
+                       ("evals", "a pretraining job's score table: every evaluation of its "
+                                 "checkpoints")):  # fmt: skip
         commands.add_parser(name, help=text).add_argument("job_id")
     p = commands.add_parser(
         "eval", help="score a pretraining job's checkpoint: a linear probe or a kNN classifier"
     )
     p.add_argument("job_id")
-    p.add_argument("--protocol", default="linear", help="linear (the default) or knn")
+    p.add_argument("--protocol", default="linear", help="linear (the default), knn or finetune")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint's name")
     p.add_argument("--dataset", help="data set name (default: the pretraining job's data)")
     p.add_argument("--root", help="the data set's directory")
@@ -172,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="linear: the probe's epochs")
     p.add_argument("--k", type=int, help="knn: neighbours that vote (default 200)")
     p.add_argument("--temperature", type=float, help="knn: votes weigh exp(similarity / T)")
+    p.add_argument("--label-fraction", type=float,
+                   help="finetune: the fraction of each class labelled (0.01 or 0.1 in the paper)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--wait", action="store_true", help="wait for the result")
     p = commands.add_parser(
@@ -253,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             resources = {"num_workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                          "use_gpu": args.gpu}  # fmt: skip
             job = client.submit(args.kind, read_config(args.config), resources, args.name,
-                                args.idempotency_key)  # fmt: skip
+                                args.idempotency_key, args.evaluate)  # fmt: skip
             print(describe(job))
             if args.follow:
                 job = follow(client, job["id"])
@@ -265,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                 dataset = {k: v for k, v in {"name": args.dataset, "root": args.root,
                                              "class_list": args.class_list}.items() if v}  # fmt: skip
             chosen = {"mode": args.mode, "epochs": args.epochs, "k": args.k,
-                      "temperature": args.temperature}  # fmt: skip
+                      "temperature": args.temperature, "label_fraction": args.label_fraction}  # fmt: skip
             config = {k: v for k, v in chosen.items() if v is not None}
             evaluation = client.evaluate(args.job_id, args.checkpoint, dataset, config,
                                          {"num_workers": args.workers}, args.protocol)  # fmt: skip
@@ -282,6 +312,15 @@ def main(argv: list[str] | None = None) -> None:
                 for job in client.jobs(args.status, args.kind, args.limit)
             ]  # fmt: skip
             print(table(rows, ["id", "kind", "name", "status", "workers", "attempt", "created"]))
+        elif args.command == "evals":
+            rows = [
+                {**e, "dataset": e["dataset"]["name"], **{
+                    k: f"{e['result'][k]:.2f}" for k in ("top1", "top5") if e.get("result")}}
+                for e in client.evaluations(args.job_id)
+            ]  # fmt: skip
+            rows.sort(key=lambda row: (row["step"] is None, row["step"], row["protocol"]))
+            print(table(rows, ["id", "checkpoint", "step", "protocol", "dataset", "top1", "top5",
+                               "status"]))  # fmt: skip
         elif args.command == "get":
             job = client.job(args.job_id)
             print(describe(job))

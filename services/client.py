@@ -68,10 +68,13 @@ class Client:
         resources: dict[str, Any] | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
+        evaluate: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": kind, "config": config, "name": name}
         if resources:
             body["resources"] = resources
+        if evaluate:
+            body["evaluate"] = evaluate
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=body, headers=headers)
 

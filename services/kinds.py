@@ -44,13 +44,20 @@ def dataset_roots(
     config: BaseModel, loc: tuple[str, ...] = ("config",)
 ) -> Iterator[tuple[str, str]]:
     """``(field location, path)`` of every dataset root and class list in ``config``, however
-    deeply nested: the paths a job reads on the cluster."""
+    deeply nested, and of every field marked ``json_schema_extra={"data_path": True}``: the
+    paths a job reads on the cluster."""
     if isinstance(config, DatasetConfig):
         for field in ("root", "class_list"):
             if path := getattr(config, field):
                 yield ".".join((*loc, field)), path
         return
-    for name in type(config).model_fields:
+    for name, field in type(config).model_fields.items():
         value = getattr(config, name)
         if isinstance(value, BaseModel):
             yield from dataset_roots(value, (*loc, name))
+        elif (
+            value
+            and isinstance(field.json_schema_extra, dict)
+            and field.json_schema_extra.get("data_path")
+        ):  # a file the job reads beside its data set (a fine-tuning job's label subset)
+            yield ".".join((*loc, name)), value

@@ -50,14 +50,17 @@ class Reconciler:
         interval_s: float = 2.0,
         run_dir: Callable[[str], str] | None = None,
         leader: LeaderLock | None = None,
+        schedule: Callable[[], None] | None = None,
     ):
         """``run_dir(job_id)``: the job's run directory on the storage, read back when an
         attempt ends; None reads nothing. ``leader``: the lock a process must hold to run the
-        passes; None: this process is the only one."""
+        passes; None: this process is the only one. ``schedule``: run at the end of every pass
+        (``services.scheduled.schedule_evaluations``: the evaluations jobs asked for)."""
         self.store = store
         self.dispatcher = dispatcher
         self.run_dir = run_dir
         self.leader = leader or Alone()
+        self.schedule = schedule
         self.leading = False
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -112,7 +115,7 @@ class Reconciler:
             )  # fmt: skip
 
     def run_once(self) -> None:
-        """One pass: submit new attempts, follow live ones, each in isolation."""
+        """One pass: submit new attempts, follow live ones, each in isolation; then schedule."""
         for attempt in self.store.attempts_in(["new"]):
             try:
                 self.submit(attempt.submission_id)
@@ -133,6 +136,8 @@ class Reconciler:
                 continue
             except Exception:
                 log.exception("following %s failed; trying again next pass", attempt.submission_id)
+        if self.schedule is not None:  # what it creates, the next pass submits
+            self.schedule()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -16,6 +16,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     WithJsonSchema,
     model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -79,19 +80,10 @@ METRIC_NAME = r"^[A-Za-z0-9_./-]{1,64}$"
 CHECKPOINT_NAME = r"^step-[0-9]{8,10}$"
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    kind: JobKind
-    name: Text | None = Field(default=None, max_length=200)
-    config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="validated by the kind's config model; unset fields take the paper's defaults",
-    )
-    resources: Resources = Field(default_factory=Resources)
-    max_attempts: int | None = Field(
-        default=None, ge=1, le=20, description="submissions of a job whose Ray job was lost"
-    )
+def checkpoint_step(name: str) -> int | None:
+    """The step in a checkpoint's name (``step-<digits>``); None for another name."""
+    digits = name.removeprefix("step-")
+    return int(digits) if digits.isdigit() else None
 
 
 class AttemptOut(BaseModel):
@@ -121,6 +113,7 @@ class JobOut(BaseModel):
     error: str | None
     result: dict[str, Any] | None = None
     source_job_id: str | None = None
+    evaluate: list[dict[str, Any]] | None = None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
@@ -142,19 +135,17 @@ class JobPage(BaseModel):
     )
 
 
-class EvaluationCreate(BaseModel):
+class EvaluationRequest(BaseModel):
+    """What an evaluation scores with: its protocol, data, settings and workers."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    job_id: Text = Field(
-        max_length=64, description="the pretraining job whose checkpoint is scored"
-    )
     protocol: Protocol = Field(
         default="linear",
         description="linear: a linear classifier on the frozen features (paper App. B.5); knn: "
-        "the weighted k-nearest-neighbour classifier (Wu et al. 2018), k 200, temperature 0.1",
-    )
-    checkpoint: Text = Field(
-        default="latest", max_length=100, description="'latest' or a checkpoint's name"
+        "the weighted k-nearest-neighbour classifier (Wu et al. 2018), k 200, temperature 0.1; "
+        "finetune: the whole encoder and a linear layer trained on 1 % or 10 % of the labels "
+        "(paper App. B.6)",
     )
     dataset: dict[str, Any] | None = Field(
         default=None, description="a dataset config; default: the pretraining job's"
@@ -162,15 +153,63 @@ class EvaluationCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="the protocol's settings: linear: mode, epochs, batch_size, base_lr, crop_scale, "
-        "flip, seed (paper defaults); knn: k, temperature",
+        "flip, seed (paper defaults); knn: k, temperature; finetune: label_fraction, label_subset, "
+        "epochs, batch_size, base_lr, seed",
     )
     resources: Resources = Field(default_factory=Resources)
     name: Text | None = Field(default=None, max_length=200)
 
 
+class EvaluationCreate(EvaluationRequest):
+    job_id: Text = Field(
+        max_length=64, description="the pretraining job whose checkpoint is scored"
+    )
+    checkpoint: Text = Field(
+        default="latest", max_length=100, description="'latest' or a checkpoint's name"
+    )
+
+
+class ScheduledEvaluation(EvaluationRequest):
+    """An evaluation a pretraining job asks for when it is submitted: of every checkpoint it
+    reports (``every: checkpoint``), or of its last one once it has succeeded (``at: end``)."""
+
+    every: Literal["checkpoint"] | None = None
+    at: Literal["end"] | None = None
+
+    @model_validator(mode="after")
+    def _when(self) -> ScheduledEvaluation:
+        if (self.every is None) == (self.at is None):
+            raise ValueError("give one of 'every': 'checkpoint' or 'at': 'end'")
+        return self
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: JobKind
+    name: Text | None = Field(default=None, max_length=200)
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="validated by the kind's config model; unset fields take the paper's defaults",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=20, description="submissions of a job whose Ray job was lost"
+    )
+    evaluate: list[ScheduledEvaluation] = Field(
+        default_factory=list,
+        max_length=16,
+        description="pretraining kinds: evaluations the service submits, each as its own job, "
+        "for every checkpoint the job reports or for its last one when it succeeds; their "
+        "scores: GET /v1/jobs/{id}/evaluations",
+    )
+
+
 class EvaluationResultOut(BaseModel):
     """An evaluation's result (reported by its workers): accuracies in percent, the image counts
-    and the settings that decide the number (linear: mode and epochs; knn: k and temperature)."""
+    and the settings that decide the number (linear: mode and epochs; knn: k and temperature;
+    finetune: the fraction of the training images labelled, and epochs; ``train_images`` counts
+    the labelled ones)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 
@@ -183,6 +222,7 @@ class EvaluationResultOut(BaseModel):
     mode: str | None = Field(default=None, max_length=32)
     epochs: int | None = Field(default=None, ge=0, le=100_000)
     k: int | None = Field(default=None, ge=1, le=10_000)
+    label_fraction: float | None = Field(default=None, gt=0, le=1)
     temperature: float | None = Field(default=None, gt=0, le=100)
 
     @model_serializer(mode="wrap")
@@ -198,6 +238,7 @@ class EvaluationOut(BaseModel):
     id: str
     job_id: str
     checkpoint: str
+    step: int | None = Field(description="the checkpoint's step")
     status: JobStatus
     protocol: str
     mode: str | None = Field(description="linear: fast or augmented; None for other protocols")
@@ -223,7 +264,7 @@ class EvaluationOut(BaseModel):
         out = JobOut.of(job, dashboard_url)
         return cls(
             id=job.id, job_id=stored["source_job_id"], checkpoint=stored["checkpoint"],
-            status=out.status, protocol=kind.protocol, mode=mode, dataset=stored["dataset"],
+            step=checkpoint_step(stored["checkpoint"]), status=out.status, protocol=kind.protocol, mode=mode, dataset=stored["dataset"],
             config=settings, resources=job.resources, attempts=out.attempts, result=job.result,
             error=job.error, created_at=out.created_at, updated_at=out.updated_at,
         )  # fmt: skip

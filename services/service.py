@@ -3,6 +3,7 @@ built at start-up and torn down at shutdown."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from services.dispatcher import Dispatcher, RayDispatcher
 from services.leader import leader_lock
 from services.ray_head import LocalRayHead, start_head
 from services.reconciler import Reconciler
+from services.scheduled import schedule_evaluations
 from services.settings import Settings
 from services.store.db import make_engine, migrate
 from services.store.store import Store
@@ -81,8 +83,9 @@ class Service:
                 address = head.dashboard_url
             dispatcher = RayDispatcher(address, settings)
         reconciler = Reconciler(
-            store, dispatcher, settings.reconcile_interval_s, settings.run_dir, leader_lock(engine)
-        )
+            store, dispatcher, settings.reconcile_interval_s, settings.run_dir, leader_lock(engine),
+            functools.partial(schedule_evaluations, store, settings.max_attempts),
+        )  # fmt: skip
         if reconcile:
             reconciler.start()
         log.info(

@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import BackgroundTasks
+from fastapi import BackgroundTasks, HTTPException
 from pydantic import BaseModel
 
 from services.checkpoints import pretraining_checkpoint
 from services.data_roots import confine_config
 from services.dispatcher import DispatchError, unplaceable_reason
 from services.kinds import ConfigError, validate_model
-from services.schemas import EvaluationCreate
-from services.service import Service
+from services.schemas import EvaluationCreate, EvaluationRequest, JobCreate
 from services.store.store import JobRecord
-from trainer.contracts.kinds import Kind, evaluation
+from trainer.contracts.kinds import KINDS, Kind, evaluation
+
+if TYPE_CHECKING:  # services.service builds the reconciler that schedules with this module
+    from services.service import Service
+
+# the idempotency keys of the evaluations a job asked for at submission (``services.scheduled``)
+SCHEDULED_KEY_PREFIX = "scheduled:"
 
 
 def submit(
@@ -32,10 +37,16 @@ def submit(
     kind: str, config: BaseModel, config_loc: tuple[str, ...], resources: BaseModel,
     name: str | None = None, max_attempts: int | None = None,
     idempotency_key: str | None = None, source_job_id: str | None = None,
+    evaluate: list[dict[str, Any]] | None = None,
 ) -> tuple[JobRecord, bool]:  # fmt: skip
     """Write the job ``request`` (a body posted to ``location``) asks for and submit it after the
     response; or find the one an earlier request with ``idempotency_key`` wrote (``False``).
-    ``config_loc``: where the config sits in the request, for errors about its paths."""
+    ``config_loc``: where the config sits in the request, for errors about its paths; ``evaluate``:
+    the evaluations the job asks for (``scheduled_evaluations``)."""
+    if idempotency_key is not None and idempotency_key.startswith(SCHEDULED_KEY_PREFIX):
+        raise HTTPException(
+            422, f"Idempotency-Key: the prefix {SCHEDULED_KEY_PREFIX!r} is the service's own"
+        )
     config = confine_config(config, service.settings.data_roots, config_loc)
     resources_json = resources.model_dump(mode="json")
     check_capacity(service, resources_json)
@@ -49,6 +60,7 @@ def submit(
         idempotency_key=idempotency_key,
         request_hash=hashlib.sha256(f"{location} {canonical}".encode()).hexdigest(),
         source_job_id=source_job_id,
+        evaluate=evaluate,
     )
     if created:
         service.after_response(
@@ -75,16 +87,57 @@ def evaluation_config(
     service: Service, body: EvaluationCreate
 ) -> tuple[JobRecord, Kind, BaseModel]:
     """The pretraining job an evaluation scores, the kind of its protocol, and the evaluation's
-    config: the protocol's settings, the checkpoint resolved (``latest`` or a name), and the data
-    set the job trained on unless the request names one."""
+    config (``evaluation_job_config``) of the checkpoint the request names (``latest`` or a name)."""
     source, checkpoint = pretraining_checkpoint(service.store, body.job_id, body.checkpoint)
     kind = evaluation(body.protocol)
-    settings = validate_model(kind.settings, body.config, ("body", "config"))
-    config = validate_model(
-        kind.config,
-        {**settings.model_dump(), "dataset": body.dataset or source.config["dataset"],
-         "source_job_id": source.id, "checkpoint": checkpoint.name,
-         "checkpoint_path": checkpoint.path},
-        ("body",),
-    )  # fmt: skip
+    config = evaluation_job_config(kind, body, source.config["dataset"], source.id,
+                                   checkpoint.name, checkpoint.path, ("body",))  # fmt: skip
     return source, kind, config
+
+
+def evaluation_job_config(
+    kind: Kind, request: EvaluationRequest, default_dataset: dict[str, Any], source_job_id: str,
+    checkpoint: str, checkpoint_path: str, loc: tuple[str | int, ...],
+) -> BaseModel:  # fmt: skip
+    """An evaluation job's config: the protocol's settings ``request`` chose (checked as the
+    kind's ``settings``), its data set (``default_dataset``, the pretraining job's, unless it names
+    one) and the checkpoint; ``ConfigError`` names the field below ``loc`` that is wrong."""
+    settings = validate_model(kind.settings, request.config, (*loc, "config"))
+    return validate_model(
+        kind.config,
+        {**settings.model_dump(), "dataset": request.dataset or default_dataset,
+         "source_job_id": source_job_id, "checkpoint": checkpoint,
+         "checkpoint_path": checkpoint_path},
+        loc,
+    )  # fmt: skip
+
+
+def scheduled_evaluations(
+    service: Service, body: JobCreate, config: BaseModel
+) -> list[dict[str, Any]]:
+    """The ``evaluate`` list of a job submission, each item checked as the evaluation it will
+    become (settings, data set, paths under the data roots, workers the cluster can place), as
+    it is stored: the protocol's settings in full and the data set's paths resolved. ``config``:
+    the job's validated config, whose data set an item without one evaluates on."""
+    if not body.evaluate:
+        return []
+    if KINDS[body.kind].role != "pretrain":
+        raise ConfigError([{"loc": ("body", "evaluate"), "type": "value_error",
+                            "msg": f"a {body.kind} job has no encoder to evaluate"}])  # fmt: skip
+    items = []
+    for index, item in enumerate(body.evaluate):
+        loc = ("body", "evaluate", index)
+        kind = evaluation(item.protocol)
+        dataset = config.dataset.model_dump(mode="json")
+        evaluated = evaluation_job_config(kind, item, dataset, "pending", "pending", "pending", loc)
+        evaluated = confine_config(
+            evaluated, service.settings.data_roots, ("body", "evaluate", str(index))
+        )
+        check_capacity(service, item.resources.model_dump(mode="json"))
+        settings = {name: getattr(evaluated, name) for name in kind.settings.model_fields}
+        stored = item.model_copy(update={
+            "dataset": evaluated.dataset.model_dump(mode="json") if item.dataset else None,
+            "config": kind.settings.model_validate(settings).model_dump(mode="json"),
+        })  # fmt: skip
+        items.append(stored.model_dump(mode="json"))
+    return items

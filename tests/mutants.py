@@ -42,6 +42,9 @@ LARS = ("tests/trainer/test_optim.py",)
 GLOBAL_BN = ("tests/trainer/test_global_bn.py",)
 CACHE = ("tests/trainer/test_gradient_cache.py",)
 GENERATIVE = ("tests/trainer/test_generative_math.py",)
+KNN = ("tests/trainer/test_knn.py",)
+FINETUNE = ("tests/trainer/test_finetune.py",)
+SCHEDULED = ("tests/services/test_scheduled_evaluations.py",)
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -108,6 +111,26 @@ MUTANTS = (
            GENERATIVE),
     Mutant("ELBO: KL added", "trainer/generative/vae.py",
            '"elbo": reconstruction - kl', '"elbo": reconstruction + kl', GENERATIVE),
+    Mutant("kNN monitor: the encoder left in eval mode", "trainer/knn.py",
+           "            encoder.train(training)\n", "            pass\n", KNN),
+    Mutant("kNN monitor: drawn from the run's random stream", "trainer/knn.py",
+           "generator = torch.Generator().manual_seed(config.seed)",
+           "generator = torch.default_generator", KNN),
+    Mutant("fine-tuning: momentum not restored on resume", "trainer/finetune.py",
+           '        optimizer.load_state_dict(state["optimizer"])\n', "", FINETUNE),
+    Mutant("fine-tuning: augmentation draws not reseeded per epoch", "trainer/finetune.py",
+           "torch.manual_seed(config.seed + 1 + rank + world * epoch)", "pass", FINETUNE),
+    Mutant("fine-tuning: weight decay", "trainer/finetune.py",
+           "weight_decay=0.0)", "weight_decay=1e-4)", FINETUNE),
+    Mutant("fine-tuning: a class-balanced subset that is not", "trainer/finetune.py",
+           "count = max(1, round(fraction * len(members)))",
+           "count = max(1, round(fraction * len(labels) / 10))", FINETUNE),
+    Mutant("scheduled evaluations: no idempotency key", "services/scheduled.py",
+           "max_attempts=max_attempts, idempotency_key=key,", "max_attempts=max_attempts,",
+           SCHEDULED),
+    Mutant("scheduled evaluations: at-end items for any ended job", "services/scheduled.py",
+           'due = checkpoints[-1:] if job.status == "succeeded" else []',
+           "due = checkpoints[-1:] if job.status in TERMINAL else []", SCHEDULED),
 )  # fmt: skip
 
 

@@ -43,7 +43,9 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
 
     configure_logging()
     spec = JobSpec.model_validate(loop_config["spec"])
-    keep = getattr(spec.config, "keep_checkpoints", None)  # a kind that keeps none: an evaluation
+    keep = getattr(
+        spec.config, "keep_checkpoints", None
+    )  # None: the kind writes none (linear, kNN)
     run_kind(spec, RaySession(spec.job_id, loop_config["run_dir"], keep, loop_config.get("stream")))
 
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from trainer.contracts.config import KnnConfig
+from trainer.contracts.config import DatasetConfig, KnnConfig, SimCLRConfig
 from trainer.contracts.spec import JobSpec
+from trainer.data.datasets import build_dataset
 from trainer.linear_classifier import top_k_accuracy
-from trainer.linear_probe import cached_features, load_encoder
+from trainer.linear_probe import cached_features, center_views, load_encoder, shard_batches
 from trainer.session import TrainingSession
 
 log = logging.getLogger(__name__)
@@ -86,3 +89,63 @@ def knn_worker(spec: JobSpec, session: TrainingSession) -> None:
     if result is not None:
         log.info("kNN evaluation of %s: %s", spec.config.checkpoint, result)
         session.report_result(result)
+
+
+class KnnMonitor:
+    """The online kNN monitor of a SimCLR run (``config.monitor``): the top-1 (percent) of
+    ``knn_scores`` with the current encoder, ``train_images`` labelled training images as the
+    neighbours and ``test_images`` images of the held-out split as the queries. Both are drawn
+    once from the run's seed and kept as uint8 centre views (about 3 x 32 x 32 bytes each on
+    CIFAR-10), so a score costs two no-grad forward passes and no reading. Rank 0 only; it does
+    not touch the run's random state, so a monitored run trains as an unmonitored one."""
+
+    def __init__(self, config: SimCLRConfig, device: torch.device,
+                 roots: Sequence[str] | None = None) -> None:  # fmt: skip
+        monitor = config.monitor
+        self.every_steps = monitor.every_steps
+        self.k, self.temperature = monitor.k, monitor.temperature
+        self.device = device
+        data = monitor.dataset or config.dataset
+        generator = torch.Generator().manual_seed(config.seed)
+        self.bank, self.bank_labels = self._views(
+            data, build_dataset(data, "train", roots), monitor.train_images, generator
+        )
+        self.queries, self.query_labels = self._views(
+            data, build_dataset(data, "test", roots), monitor.test_images, generator
+        )
+        if min(self.bank_labels.min(), self.query_labels.min()) < 0:
+            raise ValueError(f"monitor: the images of {data.name} are not labelled")
+        self.num_classes = int(max(self.bank_labels.max(), self.query_labels.max())) + 1
+
+    @staticmethod
+    def _views(data: DatasetConfig, dataset, count: int, generator: torch.Generator):
+        chosen = torch.randperm(len(dataset), generator=generator)[:count].sort().values.tolist()
+        views, labels = [], []
+        for images, sizes, batch_labels in shard_batches(dataset, chosen, 256, 0):
+            views.append((center_views(images, sizes, data) * 255).round().to(torch.uint8))
+            labels.append(batch_labels)
+        return torch.cat(views), torch.cat(labels)
+
+    def due(self, step: int) -> bool:
+        """Whether the monitor scores the encoder after ``step`` steps."""
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    @torch.no_grad()
+    def _features(self, encoder: nn.Module, views: torch.Tensor) -> torch.Tensor:
+        return torch.cat([
+            encoder(batch.to(self.device).float() / 255).float() for batch in views.split(512)
+        ])  # fmt: skip
+
+    def top1(self, encoder: nn.Module) -> float:
+        """kNN top-1 (percent) of ``encoder``, run in eval mode (batch norms use their running
+        statistics) and returned to the mode it was in."""
+        training = encoder.training
+        encoder.eval()
+        try:
+            bank = self._features(encoder, self.bank)
+            queries = self._features(encoder, self.queries)
+        finally:
+            encoder.train(training)
+        scores = knn_scores(bank, self.bank_labels, queries, self.num_classes, self.k,
+                            self.temperature, self.device)  # fmt: skip
+        return 100 * top_k_accuracy(scores, self.query_labels)[0]

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ def feature_cache_dir(storage: str | Path, config: CheckpointTarget) -> Path:
     )
 
 
-def _center_views(
+def center_views(
     batch_images: torch.Tensor, sizes: torch.Tensor | None, data: DatasetConfig
 ) -> torch.Tensor:
     """Evaluation views of a batch; images padded to a canvas are cropped to their own size first."""
@@ -116,7 +116,7 @@ def _center_views(
     ])  # fmt: skip
 
 
-def _shard_batches(dataset, indices: list[int], batch_size: int, workers: int):
+def shard_batches(dataset, indices: list[int], batch_size: int, workers: int):
     """Batches of ``dataset[indices]`` in order (index for in-memory sets, a DataLoader otherwise)."""
     if isinstance(dataset, InMemoryImages):
         for start in range(0, len(indices), batch_size):
@@ -138,10 +138,10 @@ def extract_shard(
     indices = list(range(rank, len(dataset), world))
     features, labels, kept = [], [], []
     position = 0
-    for images, sizes, batch_labels in _shard_batches(
+    for images, sizes, batch_labels in shard_batches(
         dataset, indices, batch_size, data.loader_workers
     ):
-        views = _center_views(images, sizes, data).to(device)
+        views = center_views(images, sizes, data).to(device)
         features.append(encoder(views).float().cpu())
         labels.append(batch_labels)
         kept.append(torch.tensor(indices[position : position + len(batch_labels)]))
@@ -208,6 +208,31 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def crop_flip_augment(size: int, scale: tuple[float, float], flip: bool) -> SimCLRAugment:
+    """The supervised protocols' training views: a random-resized crop of area ``scale`` to
+    ``size`` and (``flip``) a horizontal flip, no colour distortion or blur."""
+    return SimCLRAugment(size, strength=0.0, blur=False, jitter_p=0.0, grayscale_p=0.0,
+                         scale=scale, flip_p=0.5 if flip else 0.0)  # fmt: skip
+
+
+@torch.no_grad()
+def sharded_test_accuracy(
+    classify: Callable[[torch.Tensor], torch.Tensor], test, data: DatasetConfig, rank: int,
+    world: int, device: torch.device,
+) -> tuple[float, float, int]:  # fmt: skip
+    """Top-1 and top-5 accuracy (percent) of ``classify`` (centre views -> logits) over the whole
+    ``test`` set, each rank scoring every ``world``-th image from ``rank``, and the image count;
+    the same on every rank (all ranks must call it)."""
+    hits = [0.0, 0.0, 0.0]
+    indices = list(range(rank, len(test), world))
+    for images, sizes, labels in shard_batches(test, indices, 256, data.loader_workers):
+        top1, top5 = top_k_accuracy(classify(center_views(images, sizes, data).to(device)),
+                                    labels.to(device))  # fmt: skip
+        hits = [hits[0] + top1 * len(labels), hits[1] + top5 * len(labels), hits[2] + len(labels)]
+    top1_hits, top5_hits, total = _all_reduce_sum(hits, device)
+    return 100 * top1_hits / total, 100 * top5_hits / total, int(total)
+
+
 def augmented_probe(
     encoder: nn.Module, config: LinearProbeConfig, rank: int, world: int, device: torch.device,
     prepare: Any = None, roots: Sequence[str] | None = None,
@@ -229,10 +254,7 @@ def augmented_probe(
                                 nesterov=True, weight_decay=0.0)  # fmt: skip
     steps = len(train) // batch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
-    crop_flip = SimCLRAugment(
-        data.view_size, strength=0.0, blur=False, jitter_p=0.0, grayscale_p=0.0,
-        scale=config.crop_scale, flip_p=0.5 if config.flip else 0.0,
-    )  # fmt: skip
+    crop_flip = crop_flip_augment(data.view_size, config.crop_scale, config.flip)
     torch.manual_seed(config.seed + 1 + rank)
     for epoch in range(config.epochs):
         batches = EpochBatches(
@@ -252,20 +274,10 @@ def augmented_probe(
         if rank == 0 and (epoch + 1) % max(1, config.epochs // 10) == 0:
             log.info("linear probe epoch %d/%d: loss %.4f", epoch + 1, config.epochs, loss.item())
     classifier.eval()
-    hits = [0.0, 0.0, 0.0]
-    with torch.no_grad():
-        indices = list(range(rank, len(test), world))
-        for images, sizes, labels in _shard_batches(test, indices, 256, data.loader_workers):
-            logits = classifier(encoder(_center_views(images, sizes, data).to(device)).float())
-            top1, top5 = top_k_accuracy(logits, labels.to(device))
-            hits = [
-                hits[0] + top1 * len(labels),
-                hits[1] + top5 * len(labels),
-                hits[2] + len(labels),
-            ]
-    top1_hits, top5_hits, total = _all_reduce_sum(hits, device)
-    return ProbeResult(100 * top1_hits / total, 100 * top5_hits / total, config.epochs,
-                       len(train), int(total), mode="augmented")  # fmt: skip
+    top1, top5, total = sharded_test_accuracy(
+        lambda views: classifier(encoder(views).float()), test, data, rank, world, device
+    )
+    return ProbeResult(top1, top5, config.epochs, len(train), total, mode="augmented")
 
 
 def run_linear_probe(

@@ -35,6 +35,7 @@ _GAUGES = {
     "images_per_s": "images per second over all workers",
     "step": "optimiser steps done",
     "epoch": "current epoch",
+    "knn_top1": "online kNN top-1 (percent) of the encoder on held-out images (monitor)",
 }
 
 

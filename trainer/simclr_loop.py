@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from trainer.data.loader import steps_per_epoch
 from trainer.data.sources import BatchSource, build_source
 from trainer.distributed import all_ranks_rng_states, mean_over_ranks, restore_rank_rng
 from trainer.gradient_cache import gradient_cache_backward
+from trainer.knn import KnnMonitor
 from trainer.log import step_progress
 from trainer.optim import set_learning_rate
 from trainer.rng import forked_rng
@@ -71,12 +73,15 @@ def run_simclr(
     progress: bool = True,
     dataset: Dataset | None = None,
     source: BatchSource | None = None,
+    roots: Sequence[str] | None = None,
 ) -> RunResult:
     """Train (or resume) until the schedule's last step, ``config.max_steps``, or ``stop_after``
     steps in this call, whichever comes first. Batches come from ``source`` (the Ray Data stream of a
     Ray job), else from ``config.dataset`` by its ``loader`` (``trainer.data.sources``); ``dataset``
     replaces the images that config names (images already in memory: a benchmark's split) while
-    ``config.dataset`` still sets the view size."""
+    ``config.dataset`` still sets the view size. With ``config.monitor.every_steps``, rank 0
+    reports ``knn_top1`` (``trainer.knn.KnnMonitor``) at every multiple of it; ``roots``: the
+    data roots the monitor's images must lie under (None: unconfined)."""
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
@@ -142,6 +147,8 @@ def run_simclr(
             "loss": loss,
         }
 
+    every = config.monitor.every_steps
+    monitor = KnnMonitor(config, device, roots) if every and rank == 0 else None
     model.train()
     learning_rates: list[float] = []
     loss_value = float("nan")
@@ -179,7 +186,8 @@ def run_simclr(
         bar.update(1)
         periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
         save = step % per_epoch == 0 or periodic or step == last_step
-        if step % config.log_every_steps == 0 or save:
+        monitored = bool(every) and step % every == 0
+        if step % config.log_every_steps == 0 or save or monitored:
             loss_value = mean_over_ranks(loss)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step} (lr {lr:.4g})")
@@ -192,6 +200,8 @@ def run_simclr(
                 "images_per_s": rate,
                 "time": time.time(),
             }
+            if monitor is not None and monitored:
+                metrics["knn_top1"] = monitor.top1(net.backbone)
             session.report(metrics, checkpoint_state(loss_value) if save else None)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
             window_start, window_images = time.perf_counter(), 0
@@ -206,4 +216,11 @@ def simclr_worker(spec: JobSpec, session: TrainingSession) -> None:
     dataset = None
     if spec.config.dataset.loader == "torch":
         dataset = build_dataset(spec.config.dataset, "train", spec.data_roots)
-    run_simclr(spec.config, session, progress=False, source=session.data_stream(), dataset=dataset)
+    run_simclr(
+        spec.config,
+        session,
+        progress=False,
+        source=session.data_stream(),
+        dataset=dataset,
+        roots=spec.data_roots,
+    )

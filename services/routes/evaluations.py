@@ -12,6 +12,7 @@ from services.auth import require_api_token
 from services.problems import PROBLEM
 from services.routes.deps import ServiceDep
 from services.schemas import EvaluationCreate, EvaluationOut
+from services.scores import evaluations_of
 from services.store.store import NotFound
 from services.submission import evaluation_config, submit
 from trainer.contracts.kinds import kinds
@@ -59,7 +60,9 @@ def get_evaluation(evaluation_id: str, service: ServiceDep) -> EvaluationOut:
 @router.get("/jobs/{job_id}/evaluations", response_model=list[EvaluationOut],
             responses={404: PROBLEM})  # fmt: skip
 def job_evaluations(job_id: str, service: ServiceDep) -> list[EvaluationOut]:
-    """Every evaluation of the job's checkpoints, newest first."""
+    """The job's score table: every evaluation of its checkpoints (its checkpoint and step,
+    protocol, data set, status and result: top-1, top-5), newest first; ``evaluations.png``
+    among its artifacts draws it."""
     service.store.get_job(job_id)
-    jobs, _ = service.store.list_jobs(kinds=kinds("evaluate"), source_job_id=job_id, limit=500)
-    return [EvaluationOut.of(job, service.dispatcher.dashboard_url) for job in jobs]
+    url = service.dispatcher.dashboard_url
+    return [EvaluationOut.of(job, url) for job in evaluations_of(service.store, job_id)]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from services.artifacts import ARTIFACT_NAME, ARTIFACT_TYPES, MAX_ARTIFACT_BYTES, media_type
 from services.auth import require_job_token
 from services.routes.deps import ServiceDep
 from services.schemas import CheckpointIn, CheckpointOut, EvaluationResultOut, MetricsIn
+from services.scores import redraw_evaluations_plot
 from services.service import Service
 from trainer.contracts.states import TERMINAL
 
@@ -51,9 +52,15 @@ def report_checkpoint(job_id: str, body: CheckpointIn, service: ServiceDep) -> C
 
 
 @router.post("/jobs/{job_id}/result", status_code=204)
-def report_result(job_id: str, body: EvaluationResultOut, service: ServiceDep) -> None:
+def report_result(
+    job_id: str, body: EvaluationResultOut, service: ServiceDep, background: BackgroundTasks
+) -> None:
+    """An evaluation's result; the scored job's ``evaluations.png`` is redrawn after the answer."""
     _open_job(service, job_id)
     service.store.set_result(job_id, body.model_dump())
+    source = service.store.get_job(job_id).source_job_id
+    if source is not None:
+        background.add_task(redraw_evaluations_plot, service.store, source)  # on a thread
 
 
 @router.put("/jobs/{job_id}/artifacts/{name}", status_code=204)

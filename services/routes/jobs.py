@@ -28,7 +28,7 @@ from services.schemas import (
     MetricOut,
 )
 from services.store.store import NotFound
-from services.submission import submit
+from services.submission import scheduled_evaluations, submit
 from trainer.contracts.states import FINISHED_ATTEMPT_STATES
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
@@ -56,12 +56,14 @@ def create_job(
     service: ServiceDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
-    """Validate the config against its kind, write the job, then submit it to Ray."""
+    """Validate the config against its kind (and each evaluation it asks for), write the job,
+    then submit it to Ray."""
+    config = validate_config(body.kind, body.config)
     job, created = submit(
-        service, background, body, "/v1/jobs", kind=body.kind,
-        config=validate_config(body.kind, body.config), config_loc=("config",),
-        resources=body.resources, name=body.name, max_attempts=body.max_attempts,
-        idempotency_key=idempotency_key,
+        service, background, body, "/v1/jobs", kind=body.kind, config=config,
+        config_loc=("config",), resources=body.resources, name=body.name,
+        max_attempts=body.max_attempts, idempotency_key=idempotency_key,
+        evaluate=scheduled_evaluations(service, body, config),
     )  # fmt: skip
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:

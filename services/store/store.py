@@ -126,6 +126,7 @@ class Store:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         source_job_id: str | None = None,
+        evaluate: list[dict[str, Any]] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Write a queued job and its first attempt; return it and whether it is new.
 
@@ -142,7 +143,7 @@ class Store:
                 id=job_id, kind=kind, name=name or job_id, status="queued", config=config,
                 resources=resources, max_attempts=max_attempts,
                 idempotency_key=idempotency_key, request_hash=request_hash,
-                source_job_id=source_job_id,
+                source_job_id=source_job_id, evaluate=evaluate or None,
             )  # fmt: skip
             job.attempts.append(
                 Attempt(number=1, submission_id=submission_id(job_id, 1), state="new")
@@ -252,7 +253,26 @@ class Store:
                 raise Conflict(f"job {job_id} is {job.status}: only failed or cancelled jobs retry")
             self._add_attempt(job)
             job.error = None
+            job.evaluations_scheduled = False  # its new checkpoints and end are to come
         return self.get_job(job_id)
+
+    def jobs_scheduling_evaluations(self, limit: int = 1000) -> list[JobRecord]:
+        """Jobs that asked for evaluations at submission and have not had all of them
+        submitted yet (``services.scheduled``), oldest first."""
+        query = (
+            select(Job.id)
+            .where(Job.evaluate.is_not(None), Job.evaluations_scheduled.is_(False))
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return self._records(query)
+
+    def mark_evaluations_scheduled(self, job_id: str) -> None:
+        """Every evaluation ``job_id`` asked for is submitted; unless it was retried meanwhile."""
+        with self._writes.begin() as session:
+            job = self._locked(session, job_id)
+            if job.status in TERMINAL:
+                job.evaluations_scheduled = True
 
     @staticmethod
     def _locked(session: Session, job_id: str) -> Job:

@@ -1,7 +1,8 @@
 """The tables of the service's database; ``services/migrations`` creates them (Alembic).
 
 A job has attempts (one Ray job each), metric points, checkpoints, artifacts and, when it computes
-one (a linear evaluation), a result; an evaluation names the job it scores (``source_job_id``). An
+one (an evaluation), a result; an evaluation names the job it scores (``source_job_id``), and a
+pretraining job may list evaluations to run on its checkpoints (``evaluate``). An
 attempt keeps the log of its Ray job in ``attempt_logs``, apart from the rows that lists and gets
 read, so logs outlive the cluster without slowing the API.
 """
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -56,6 +58,12 @@ class Job(Base):
         ForeignKey("jobs.id", ondelete="CASCADE"), index=True
     )
     result: Mapped[dict[str, Any] | None]
+    # the evaluations a pretraining job asked for at submission (``services.scheduled``), and
+    # whether all of them are submitted (the job has ended and each has its evaluation jobs)
+    evaluate: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    evaluations_scheduled: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -359,7 +359,7 @@ def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
                                                      "config": {"k": 0}}), 422, "config.k")  # fmt: skip
     assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "knn",
                                                      "config": {"epochs": 3}}), 422, "config.epochs")  # fmt: skip
-    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "finetune"}),
+    assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "byol"}),
                    422, "protocol")  # fmt: skip
 
 

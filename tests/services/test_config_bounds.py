@@ -235,7 +235,8 @@ MINIMAL: dict[str, dict] = {
     "SimCLRConfig": {"dataset": {"name": "digits"}},
     **{name: {"source_job_id": "job-x", "checkpoint": "step-1",
               "checkpoint_path": "/runs/job-x/step-1", "dataset": {"name": "digits"}}
-       for name in ("LinearProbeConfig", "KnnConfig")},
+       for name in (k.config.__name__ for k in KINDS.values() if k.reads_checkpoint)},
+    "ScheduledEvaluation": {"at": "end"},
     "JobCreate": {"kind": "simclr"},
     "EvaluationCreate": {"job_id": "job-x"},
     "EvaluationResultOut": {"top1": 50.0, "top5": 90.0, "mode": "fast", "epochs": 1,

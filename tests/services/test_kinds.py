@@ -90,12 +90,14 @@ def test_a_kind_is_taken_once_and_an_unknown_one_is_refused_by_name():
 
 def test_the_built_in_rows():
     assert kinds("pretrain") == ("simclr",)
-    assert kinds("evaluate") == ("linear_probe", "knn")
+    assert kinds("evaluate") == ("linear_probe", "knn", "finetune")
     assert set(kinds("generate")) == {"ddpm", "vae", "gan", "diffusevae", "flow"}
-    assert [evaluation(p).name for p in protocols()] == ["linear_probe", "knn"]
-    for name in kinds("evaluate"):  # a failed evaluation is final; each has its settings
+    assert [evaluation(p).name for p in protocols()] == ["linear_probe", "knn", "finetune"]
+    for name in kinds("evaluate"):  # each has its settings, a part of its config
         row = KINDS[name]
-        assert row.reads_checkpoint and row.max_failures == 0 and row.settings is not None
+        assert row.reads_checkpoint and row.settings is not None
         assert set(row.settings.model_fields) < set(row.config.model_fields)
+    # a failed linear or kNN evaluation is final; fine-tuning resumes from its epoch checkpoints
+    assert [KINDS[name].max_failures for name in kinds("evaluate")] == [0, 0, None]
     for kind in KINDS.values():  # every worker entry imports (on the workers: here, on CPU)
         assert callable(kind.entry())

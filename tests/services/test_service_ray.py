@@ -238,9 +238,19 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
     settings, tmp_path
 ):
     client = Client(f"http://127.0.0.1:{settings.port}")
+    asked = [
+        {"protocol": "knn", "every": "checkpoint", "config": {"k": 50}},
+        {"protocol": "finetune", "at": "end", "config": {"label_fraction": 0.1, "epochs": 2},
+         "resources": {"num_workers": 2}},
+    ]  # fmt: skip
+    monitored = {**DIGITS, "max_steps": 2, "monitor": {"every_steps": 1, "train_images": 500}}
     with ServiceThread(settings):
-        job = client.submit("simclr", {**DIGITS, "max_steps": 2}, {"num_workers": 1}, "to score")
+        job = client.submit("simclr", monitored, {"num_workers": 1}, "to score", evaluate=asked)
         assert client.wait(job["id"])["status"] == "succeeded"
+        knn_top1 = [m for m in client.metrics(job["id"]) if m["name"] == "knn_top1"]
+        assert [m["step"] for m in knn_top1] == [1, 2] and all(
+            10 < m["value"] <= 100 for m in knn_top1
+        )
         evaluation = client.evaluate(job["id"], config={"epochs": 30}, resources={"num_workers": 2})
         # a checkpoint torn on the storage (the job has ended: its workers can report no more)
         corrupt_dir = Path(settings.run_dir(job["id"]), "step-99999999")
@@ -261,16 +271,24 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         assert done["checkpoint"] == "step-00000002"
         assert Path(settings.storage_path, "features", job["id"], "step-00000002").is_dir()
 
-        # kNN on the same checkpoint, from the features the probe cached
-        knn = client.evaluate(job["id"], "step-00000002", config={"k": 50}, protocol="knn")
+        # what the job asked for: kNN of its checkpoint, fine-tuning once it succeeded
+        scheduled = wait_for(lambda: (e := client.evaluations(job["id"])) and len(e) == 4 and e,
+                             60, "the scheduled evaluations")  # fmt: skip
+        knn, finetune = (
+            next(e for e in scheduled if e["protocol"] == p) for p in ("knn", "finetune")
+        )
         scored = client.evaluation(client.wait(knn["id"])["id"])
         assert scored["status"] == "succeeded", scored["error"]
-        assert (scored["protocol"], scored["result"]["k"], scored["result"]["temperature"]) == (
-            "knn",
-            50,
-            0.1,
-        )
+        assert (scored["checkpoint"], scored["result"]["k"], scored["result"]["temperature"]) == (
+            "step-00000002", 50, 0.1)  # fmt: skip
         assert 50 < scored["result"]["top1"] <= scored["result"]["top5"] <= 100
+        tuned = client.evaluation(client.wait(finetune["id"])["id"])
+        assert tuned["status"] == "succeeded", tuned["error"]
+        assert tuned["result"]["epochs"] == 2 and 130 <= tuned["result"]["train_images"] <= 140
+        assert 10 < tuned["result"]["top1"] <= tuned["result"]["top5"] <= 100
+        # data-parallel over 2 workers, a checkpoint at each epoch's end
+        assert [c["epoch"] for c in client.checkpoints(finetune["id"])] == [1, 2]
+        assert "evaluations.png" in {a["name"] for a in client.artifacts(job["id"])}
 
         failed = client.evaluation(client.wait(broken["id"])["id"])
         assert failed["status"] == "failed" and failed["result"] is None
@@ -278,7 +296,4 @@ def test_a_checkpoint_is_scored_by_its_own_evaluation_job_and_a_corrupt_one_fail
         assert len(failed["attempts"]) == 1  # not retried: the checkpoint will not get better
         assert client.ready() and client.job(job["id"])["status"] == "succeeded"
         assert {e["id"] for e in client.evaluations(job["id"])} == {
-            evaluation["id"],
-            broken["id"],
-            knn["id"],
-        }
+            evaluation["id"], broken["id"], knn["id"], finetune["id"]}  # fmt: skip

@@ -1,5 +1,6 @@
 """The kNN evaluation job without Ray: the weighted vote against a direct computation, and a
-checkpoint scored from the linear probe's feature cache through the worker entry."""
+checkpoint scored from the linear probe's feature cache through the worker entry; the online
+monitor of a SimCLR run against the same direct computation."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import pytest
 import torch
 
 from tests.trainer.test_linear_probe import write_checkpoint
-from trainer.contracts.config import KnnConfig
+from tests.trainer.test_pretrain import small_config
+from trainer.contracts.config import KnnConfig, MonitorConfig, SimCLRConfig
 from trainer.contracts.spec import JobSpec
-from trainer.knn import knn_scores, knn_worker
+from trainer.data.datasets import load_digits_split
+from trainer.knn import KnnMonitor, knn_scores, knn_worker
+from trainer.linear_classifier import center_view
 from trainer.linear_probe import feature_cache_dir
+from trainer.pretrain import pretrain
 from trainer.session import LocalSession
+from trainer.simclr_recipe import build_model
 
 
 def reference_scores(train, labels, test, classes, k, temperature):
@@ -76,3 +82,55 @@ def test_a_small_temperature_does_not_overflow():
     train = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])
     scores = knn_scores(train, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 0.05]]), 2, 3, 0.001)
     assert torch.isfinite(scores).all() and scores.argmax(1).item() == 0
+
+
+def test_the_monitor_scores_its_held_out_images_as_a_direct_computation():
+    config = SimCLRConfig.model_validate({
+        "dataset": {"name": "digits"}, "backbone": {"name": "small_cnn", "width": 8},
+        "monitor": {"every_steps": 5, "train_images": 300, "test_images": 100, "k": 10},
+    })  # fmt: skip
+    monitor = KnnMonitor(config, torch.device("cpu"))
+    train, test = load_digits_split("train"), load_digits_split("test")
+    # the views of distinct images of each split, drawn by the seed, with their own labels
+    assert monitor.bank.shape == (300, 3, 16, 16) and monitor.queries.shape == (100, 3, 16, 16)
+    assert len({tuple(v.flatten().tolist()) for v in monitor.bank}) == 300
+    expected_bank = (center_view(train.images, 16) * 255).round().to(torch.uint8)
+    matches = (monitor.bank[:, None] == expected_bank[None]).flatten(2).all(2)
+    assert matches.any(1).all()
+    assert monitor.bank_labels.equal(train.labels[matches.int().argmax(1)])
+    assert len(test) == 450 and monitor.num_classes == 10
+    assert [monitor.due(s) for s in (4, 5, 10, 11)] == [False, True, True, False]
+
+    torch.manual_seed(0)
+    encoder = build_model(config).backbone.train()
+    rng = torch.get_rng_state()
+    top1 = monitor.top1(encoder)
+    assert encoder.training and torch.get_rng_state().equal(rng)  # mode and random state kept
+    with torch.no_grad():
+        encoder.eval()
+        bank, queries = encoder(monitor.bank / 255), encoder(monitor.queries / 255)
+    scores = reference_scores(bank, monitor.bank_labels, queries, 10, 10, 0.1)
+    expected = 100 * (scores.argmax(1) == monitor.query_labels).double().mean().item()
+    assert top1 == pytest.approx(expected, abs=1e-4) and 20 < top1 < 100  # one image: 1.0
+
+
+def test_a_monitored_run_reports_knn_top1_and_trains_as_an_unmonitored_one(tmp_path):
+    config = small_config(epochs=4, log_every_steps=4)  # 12 steps, 3 an epoch
+    monitored = config.model_copy(update={"monitor": MonitorConfig(
+        every_steps=5, train_images=64, test_images=32, k=5)})  # fmt: skip
+    plain = pretrain(config, tmp_path / "plain", progress=False)
+    watched = pretrain(monitored, tmp_path / "watched", progress=False)
+    assert watched.final_loss == plain.final_loss
+    records = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").open()]
+    scored = {r["step"]: r["knn_top1"] for r in records if "knn_top1" in r}
+    assert sorted(scored) == [5, 10] and all(0 <= v <= 100 for v in scored.values())
+    # logged every 4 steps, checkpointed every epoch, and steps 5 and 10 for the monitor alone
+    assert [r["step"] for r in records] == [3, 4, 5, 6, 8, 9, 10, 12]
+
+
+def test_the_monitor_cannot_read_packed_shards_without_a_data_set():
+    packed = {"name": "packed", "root": "/data/shards", "loader": "ray_data"}
+    with pytest.raises(ValueError, match="monitor: packed shards"):
+        SimCLRConfig.model_validate({"dataset": packed, "monitor": {"every_steps": 100}})
+    SimCLRConfig.model_validate({"dataset": packed, "monitor": {
+        "every_steps": 100, "dataset": {"name": "imagefolder", "root": "/data/images"}}})  # fmt: skip

@@ -171,6 +171,36 @@ class AugmentConfig(StrictModel):
     compile: bool = Field(default=False, description="fuse the colour kernels with torch.compile")
 
 
+class KnnSettings(StrictModel):
+    """What a user chooses about a kNN evaluation: the weighted k-nearest-neighbour classifier of
+    Wu et al. (2018), as solo-learn and lightly report it. Each of the ``k`` training features
+    most cosine-similar to a test feature votes exp(similarity / ``temperature``) for its class."""
+
+    k: int = Field(default=200, ge=1, le=10_000, description="neighbours that vote")
+    temperature: float = Field(
+        default=0.1, gt=0, le=100, description="votes weigh exp(cosine similarity / temperature)"
+    )
+
+
+class MonitorConfig(KnnSettings):
+    """The online kNN monitor of a SimCLR run (``trainer.knn.KnnMonitor``): every
+    ``every_steps`` steps rank 0 scores the current encoder with the weighted kNN classifier,
+    ``train_images`` labelled training images as the neighbours and ``test_images`` held-out ones
+    as the queries (both chosen once by the run's seed; ``k`` and ``temperature`` as in a kNN
+    evaluation), and reports the top-1 as ``knn_top1``."""
+
+    every_steps: EverySteps | None = Field(
+        default=None, description="off by default (the paper's ImageNet recipe); the presets set it"
+    )
+    train_images: int = Field(default=2000, ge=1, le=100_000, description="neighbours' images")
+    test_images: int = Field(default=1000, ge=1, le=100_000, description="held-out queries")
+    dataset: DatasetConfig | None = Field(
+        default=None,
+        description="the labelled images (train and test splits); default: the job's data set. "
+        "Required for packed shards, which the monitor cannot read",
+    )
+
+
 class SimCLRConfig(StrictModel):
     dataset: DatasetConfig = Field(description="required: no data set can be assumed")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
@@ -207,6 +237,16 @@ class SimCLRConfig(StrictModel):
         default=None, description="besides every epoch end"
     )
     keep_checkpoints: KeepCheckpoints = 2
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _monitor_can_read(self) -> SimCLRConfig:
+        if self.monitor.every_steps and not self.monitor.dataset and self.dataset.name == "packed":
+            raise ValueError(
+                "monitor: packed shards have no held-out split the monitor can read; give "
+                "monitor.dataset (the image folder they were packed from)"
+            )
+        return self
 
 
 CropFraction = Annotated[float, Field(gt=0, le=1)]
@@ -245,6 +285,12 @@ class LinearProbeSettings(StrictModel):
         return self
 
 
+def evaluation_batch_size(batch_size: int | None, dataset: DatasetConfig) -> int:
+    """An evaluation's global batch: the one chosen, else the paper's 4096 on ImageNet and 256
+    on the smaller sets (an epoch of a few thousand images would be one step)."""
+    return batch_size or (4096 if dataset.name == "imagenet" else 256)
+
+
 class CheckpointTarget(StrictModel):
     """What every evaluation scores: a pretraining job's checkpoint (resolved by the service), on
     a data set."""
@@ -266,22 +312,66 @@ class LinearProbeConfig(LinearProbeSettings, CheckpointTarget):
 
     @property
     def resolved_batch_size(self) -> int:
-        return self.batch_size or (4096 if self.dataset.name == "imagenet" else 256)
-
-
-class KnnSettings(StrictModel):
-    """What a user chooses about a kNN evaluation: the weighted k-nearest-neighbour classifier of
-    Wu et al. (2018), as solo-learn and lightly report it. Each of the ``k`` training features
-    most cosine-similar to a test feature votes exp(similarity / ``temperature``) for its class."""
-
-    k: int = Field(default=200, ge=1, le=10_000, description="neighbours that vote")
-    temperature: float = Field(
-        default=0.1, gt=0, le=100, description="votes weigh exp(cosine similarity / temperature)"
-    )
+        return evaluation_batch_size(self.batch_size, self.dataset)
 
 
 class KnnConfig(KnnSettings, CheckpointTarget):
     """A kNN evaluation job: the settings, the data, and the checkpoint the service resolved."""
+
+
+class FinetuneSettings(StrictModel):
+    """What a user chooses about a fine-tuning evaluation: the paper's semi-supervised protocol
+    (Chen et al. 2020, App. B.6): the whole encoder and a new linear layer trained on a
+    class-balanced fraction of the labels with Nesterov momentum 0.9, lr 0.05 x B/256 decayed by a
+    cosine without warm-up, no weight decay, random-resized crop and flip only; 60 epochs on 1 %
+    of the labels, 30 on 10 %."""
+
+    label_fraction: float = Field(
+        default=0.1, gt=0, le=1,
+        description="the fraction of each class's training images that keep their label (seeded)",
+    )  # fmt: skip
+    label_subset: str | None = Field(
+        default=None,
+        max_length=4096,
+        json_schema_extra={"data_path": True},
+        description="imagenet/imagefolder: a file under the data roots listing the labelled images, "
+        "one per line, by file name or path below the split's folder (as the official 1 % and 10 % "
+        "ImageNet lists are); replaces label_fraction",
+    )
+    epochs: int | None = Field(
+        default=None, ge=1, le=MAX_EPOCHS,
+        description="default: the paper's 60 for at most 1 % of the labels, 30 above",
+    )  # fmt: skip
+    batch_size: int | None = Field(
+        default=None, ge=1, le=MAX_BATCH,
+        description="global batch; default: the paper's 4096 on imagenet, 256 on the smaller sets "
+        "(at most the labelled images)",
+    )  # fmt: skip
+    base_lr: LearningRate = Field(default=0.05, description="lr = base_lr x B / 256")
+    seed: Seed = 0
+
+
+class FinetuneConfig(FinetuneSettings, CheckpointTarget):
+    """A fine-tuning evaluation job: the settings, the data, and the checkpoint the service
+    resolved. It keeps its newest ``keep_checkpoints`` epoch checkpoints (to resume from)."""
+
+    keep_checkpoints: KeepCheckpoints = 2
+
+    @model_validator(mode="after")
+    def _subset_of_a_folder(self) -> FinetuneConfig:
+        if self.label_subset and self.dataset.name not in ("imagenet", "imagefolder"):
+            raise ValueError(
+                f"label_subset lists image files: it applies to imagenet and imagefolder, not "
+                f"{self.dataset.name!r} (use label_fraction)"
+            )
+        return self
+
+    def resolved_epochs(self, labelled_fraction: float) -> int:
+        return self.epochs or (60 if labelled_fraction <= 0.01 + 1e-9 else 30)
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return evaluation_batch_size(self.batch_size, self.dataset)
 
 
 def torchvision_recipe(config: SimCLRConfig) -> dict[str, Any] | None:

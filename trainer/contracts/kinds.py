@@ -24,6 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from trainer.contracts.config import (
+    FinetuneConfig,
+    FinetuneSettings,
     KnnConfig,
     KnnSettings,
     LinearProbeConfig,
@@ -93,8 +95,8 @@ def kinds(*roles: Role) -> tuple[str, ...]:
 
 for row in (
     Kind("simclr", SimCLRConfig, "trainer.simclr_loop:simclr_worker", "pretrain"),
-    # an evaluation is short and restarts from scratch: its errors (a corrupt checkpoint) are not
-    # worth repeating; the training kinds resume from their checkpoint after a worker failure
+    # the linear and kNN evaluations are short and restart from scratch: their errors (a corrupt
+    # checkpoint) are not worth repeating; the training kinds resume from their checkpoint after a worker failure
     Kind(
         "linear_probe",
         LinearProbeConfig,
@@ -114,6 +116,16 @@ for row in (
         reads_checkpoint=True,
         protocol="knn",
         settings=KnnSettings,
+    ),
+    # fine-tuning trains for hours at ImageNet scale: it resumes from its epoch checkpoints
+    Kind(
+        "finetune",
+        FinetuneConfig,
+        "trainer.finetune:finetune_worker",
+        "evaluate",
+        reads_checkpoint=True,
+        protocol="finetune",
+        settings=FinetuneSettings,
     ),
     # a generative kind's entry is its task's: trainer.generative.tasks.Task.worker
     Kind("ddpm", DDPMConfig, "trainer.generative.tasks:DDPMTask.worker", "generate"),

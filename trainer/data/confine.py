@@ -128,20 +128,28 @@ def read_class_list(
 ) -> ClassList:
     """The checked class list at ``path`` (``parse_class_list``), which must lie under ``roots``
     (None: unconfined), be a regular file of at most ``MAX_CLASS_LIST_BYTES`` and be UTF-8 text."""
-    real = confined(path, roots, "class list")
-    if not real.is_file():
-        raise FileNotFoundError(f"class list {path} not found (or not a regular file)")
-    with real.open("rb") as f:
-        data = f.read(MAX_CLASS_LIST_BYTES + 1)
-    if len(data) > MAX_CLASS_LIST_BYTES:
-        raise ValueError(
-            f"class list {path} is larger than {MAX_CLASS_LIST_BYTES >> 20} MiB: not a class list"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"class list {path} is not UTF-8 text: not a class list") from None
+    text = read_listing(path, roots, "class list", MAX_CLASS_LIST_BYTES)
     return parse_class_list(text, str(path))
+
+
+def read_listing(
+    path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]] | None, what: str,
+    max_bytes: int,
+) -> str:  # fmt: skip
+    """The UTF-8 text of the file at ``path`` (a class list, a list of images), which must lie
+    under ``roots`` (None: unconfined) and be a regular file of at most ``max_bytes``; errors
+    name ``what`` and the path, never the content."""
+    real = confined(path, roots, what)
+    if not real.is_file():
+        raise FileNotFoundError(f"{what} {path} not found (or not a regular file)")
+    with real.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{what} {path} is larger than {max_bytes >> 20} MiB: not a {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text: not a {what}") from None
 
 
 def line_numbers(numbers: list[int], shown: int = 10) -> str:
