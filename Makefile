@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo demo-local test test-slow lint bench bench-service clean
+.PHONY: install demo demo-local test test-slow lint bench bench-service gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(BENCH_STAMP)
 
 bench-service: $(STAMP)
 	$(PYTHON) -m bench.service_latency
+
+# The GPU readiness check on a machine with a CUDA GPU (docs/benchmarks.md, "GPU readiness"):
+# figures and failures into gpu-check/ (or $$OUT), a one-line summary last.
+gpu-check: $(BENCH_STAMP)
+	$(PYTHON) -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs .simclr

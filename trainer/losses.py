@@ -23,6 +23,11 @@ import torch.nn.functional as F
 
 from trainer.distributed import is_distributed
 
+# torch 2.14 renamed the tensor collectives (the old names warn); torch 2.11, the lent GPU
+# machine's, has only the old ones
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 class _AllGatherSumGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward returns, to each rank, the SUM over ranks of the
@@ -33,7 +38,7 @@ class _AllGatherSumGrad(torch.autograd.Function):
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
         world = dist.get_world_size()
         gathered = z.new_empty((world * z.shape[0], *z.shape[1:]))
-        dist.all_gather_single(gathered, z.contiguous())
+        _all_gather_single(gathered, z.contiguous())
         return gathered
 
     @staticmethod
@@ -42,7 +47,7 @@ class _AllGatherSumGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend() == "nccl":
             local = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-            dist.reduce_scatter_single(local, grad, op=dist.ReduceOp.SUM)
+            _reduce_scatter_single(local, grad, op=dist.ReduceOp.SUM)
             return local
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad.chunk(world)[rank].contiguous()

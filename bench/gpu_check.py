@@ -1,0 +1,550 @@
+"""GPU readiness: one prepared command that proves the GPU path and records its figures.
+
+    python -m bench.gpu_check --out "$OUT"          # on a machine with a CUDA GPU (make gpu-check)
+    python -m bench.gpu_check --device cpu --smoke  # the reduced form make test runs (tiny sizes)
+
+It imports the trainer's and the models' code only (no service, no Ray), and nothing newer than
+torch 2.11 on its path: the lent H200 machine has its own Python 3.12 with torch 2.11 and no
+network (``bench/gpu_wheels.sh`` fetches the few wheels it lacks; docs/benchmarks.md has the exact
+command). Every figure is a ratio in the same run:
+
+1. augmentation: ``SimCLRAugment`` on the device, 224-px views from 256-px uint8 batches, views/s,
+   against lightly's ``SimCLRTransform`` in a ``DataLoader`` with ``--lightly-workers`` processes,
+   and the share of a ResNet-50 step it costs;
+2. the SimCLR step: ResNet-50 at 224 px, 256 and 512 images per GPU, NT-Xent + LARS: eager fp32,
+   bf16 autocast + channels-last, and that plus ``torch.compile``; images/s and the share of the
+   chip's bf16 matmul rate measured here; against lightly's ``NTXentLoss`` + ``LARS`` on the same
+   model and settings;
+3. the whole step from a uint8 batch on the device (augment, forward, loss, backward, LARS);
+4. a batch of 4,096 on one device through the gradient cache, against the largest unchunked batch
+   that fits (and the memory 4,096 would need by extrapolation);
+5. correctness on the device: NT-Xent's gather and its summed backward, and global batch norm, on
+   a one-rank process group of the device's backend (NCCL on CUDA) with the collective path forced,
+   against one-process values; bf16 loss against fp32; the gradient cache against the whole batch;
+   and (not in ``--smoke``) the CUDA tests of the test suite.
+
+A section that fails is recorded with its error and the others still run. It writes
+``gpu_check.json`` and ``gpu_check.md`` under ``--out`` (default ``$OUT``, else ``gpu-check/``) and
+prints a one-line summary last. Budget: about 8 minutes on an H200 from a cold start, ``torch.compile``
+of ResNet-50 included (``--no-compile`` drops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import ProjectionHead, SimCLRNet, build_backbone
+from trainer.data.augment import SimCLRAugment
+from trainer.global_bn import convert_to_global_batch_norm
+from trainer.gradient_cache import gradient_cache_backward
+from trainer.losses import nt_xent
+from trainer.optim import LARS, lars_param_groups
+
+TEMPERATURE = 0.1
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Sizes:
+    view: int = 224
+    source: int = 256
+    batches: tuple[int, ...] = (256, 512)  # images per GPU
+    big_batch: int = 4096
+    chunk: int = 512  # views per chunk of the gradient cache
+    unchunked: tuple[int, ...] = (1024, 2048, 4096)  # images tried without the cache
+    augment_batch: int = 256
+    lightly_images: int = 2048
+    lightly_workers: int = 16
+    steps: int = 10
+    warmup: int = 3
+    matmul: int = 8192
+
+
+SMOKE = Sizes(view=32, source=40, batches=(2, 4), big_batch=8, chunk=4, unchunked=(2, 4),
+              augment_batch=8, lightly_images=16, lightly_workers=0, steps=1, warmup=1,
+              matmul=256)  # fmt: skip
+
+
+class Report:
+    """Sections' figures and failures, timed, printed as they come."""
+
+    def __init__(self, device: torch.device, sizes: Sizes, smoke: bool):
+        self.start = time.perf_counter()
+        self.device = device
+        self.data: dict = {"device": device_name(device), "torch": torch.__version__,
+                           "smoke": smoke, "sizes": asdict(sizes), "sections": {}, "failures": []}  # fmt: skip
+
+    @contextmanager
+    def section(self, name: str):
+        self.data["sections"][name] = figures = {}
+        began = time.perf_counter()
+        print(f"[{began - self.start:6.1f} s] {name}", flush=True)
+        try:
+            yield figures
+        except Exception as error:  # one section's failure must not hide the others' figures
+            figures["error"] = f"{type(error).__name__}: {error}"
+            self.data["failures"].append(f"{name}: {figures['error']}")
+            traceback.print_exc()
+        finally:
+            figures["seconds"] = round(time.perf_counter() - began, 1)
+            empty_cache(self.device)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def seconds_per_call(work: Callable[[], object], device: torch.device, steps: int,
+                     warmup: int) -> float:  # fmt: skip
+    for _ in range(warmup):
+        work()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        work()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def uint8_images(n: int, side: int, device: torch.device) -> torch.Tensor:
+    """Smooth random images (not white noise), as an image batch from a decoder would be."""
+    small = torch.randint(0, 256, (n, 3, max(2, side // 8), max(2, side // 8)), dtype=torch.uint8)
+    images = nn.functional.interpolate(small.float(), size=side, mode="bilinear")
+    return images.round().clamp(0, 255).to(torch.uint8).to(device)
+
+
+def resnet50(device: torch.device, channels_last: bool) -> SimCLRNet:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet50", cifar_stem=False)
+    model = SimCLRNet(backbone, ProjectionHead(backbone.feature_dim)).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def matmul_rate(device: torch.device, n: int) -> float:
+    """FLOP/s of an n x n matmul in bf16 (fp32 on a CPU): the chip's matrix rate, measured."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (
+        torch.randn(n, n, device=device, dtype=dtype),
+        torch.randn(n, n, device=device, dtype=dtype),
+    )
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, 10, 3)
+
+
+def simclr_step(model: nn.Module, views: torch.Tensor, optimizer, bf16: bool,
+                loss_fn: Callable = lambda a, b: nt_xent(a, b, TEMPERATURE)) -> Callable[[], None]:  # fmt: skip
+    def step() -> None:
+        with autocast(views.device, bf16):
+            z = model(views)
+        loss = loss_fn(*z.float().chunk(2))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def ours_lars(model: nn.Module):
+    return LARS(lars_param_groups(model, 1e-6), lr=0.1, momentum=0.9)
+
+
+def float_views(images: int, side: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+    views = torch.rand(2 * images, 3, side, side, device=device)
+    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
+
+
+def step_flops_per_image(device: torch.device, side: int) -> float:
+    """FLOPs of one image's forward + backward (its two views), counted by torch."""
+    model = resnet50(device, False)
+    views = float_views(2, side, device, False)
+    with FlopCounterMode(display=False) as counter:
+        z = model(views)
+        nt_xent(*z.chunk(2), TEMPERATURE).backward()
+    return counter.get_total_flops() / 2
+
+
+def augmentation(report: Report, sizes: Sizes, workers: int) -> None:
+    device = report.device
+    with report.section("1. augmentation") as figures:
+        images = uint8_images(sizes.augment_batch, sizes.source, device)
+        augment = SimCLRAugment(sizes.view)
+        seconds = seconds_per_call(lambda: augment(images), device, sizes.steps, sizes.warmup)
+        figures["ours_views_per_s"] = 2 * sizes.augment_batch / seconds
+        figures["ours_seconds_per_batch"] = seconds
+        try:
+            from lightly.transforms import SimCLRTransform
+        except ImportError:
+            figures["lightly"] = "skipped: lightly is not installed"
+            return
+        from PIL import Image
+
+        pictures = [Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+                    for image in uint8_images(sizes.lightly_images, sizes.source, torch.device("cpu"))]  # fmt: skip
+        transform = SimCLRTransform(input_size=sizes.view, normalize=None)
+        loader = torch.utils.data.DataLoader(
+            _Transformed(pictures, transform), batch_size=sizes.augment_batch,
+            num_workers=workers, persistent_workers=workers > 0, collate_fn=lambda items: items,
+        )  # fmt: skip
+        for _ in loader:  # the workers start and warm up
+            pass
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        rate = 2 * len(pictures) / (time.perf_counter() - start)
+        figures["lightly_views_per_s"] = rate
+        figures["lightly_workers"] = workers
+        figures["ratio_to_lightly"] = figures["ours_views_per_s"] / rate
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, pictures, transform):
+        self.pictures, self.transform = pictures, transform
+
+    def __len__(self) -> int:
+        return len(self.pictures)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.pictures[index])
+
+
+def steps(report: Report, sizes: Sizes, compile_model: bool) -> None:
+    device = report.device
+    with report.section("2. SimCLR step, ResNet-50") as figures:
+        rate = matmul_rate(device, sizes.matmul)
+        flops = step_flops_per_image(device, sizes.view)
+        figures["matmul_tflops"] = rate / 1e12
+        figures["step_gflop_per_image"] = flops / 1e9
+        try:
+            from lightly.loss import NTXentLoss
+            from lightly.utils.lars import LARS as LightlyLARS
+
+            lightly = (NTXentLoss, LightlyLARS)
+        except ImportError:
+            lightly = None
+            figures["lightly"] = "skipped: lightly is not installed"
+        variants = [
+            ("fp32 eager", False, False, False),
+            ("bf16 + channels-last", True, True, False),
+        ]
+        if compile_model:
+            variants.append(("bf16 + channels-last + compile", True, True, True))
+        figures["rows"] = [
+            step_row(device, sizes, batch, name, bf16, channels_last, compiled, flops, rate,
+                     lightly if name == "bf16 + channels-last" else None)
+            for batch in sizes.batches
+            for name, bf16, channels_last, compiled in variants
+            if not compiled or batch == sizes.batches[0]  # one compilation, budgeted once
+        ]  # fmt: skip
+
+
+def step_row(
+    device: torch.device, sizes: Sizes, batch: int, name: str, bf16: bool, channels_last: bool,
+    compiled: bool, flops: float, rate: float, lightly: tuple | None,
+) -> dict:  # fmt: skip
+    """One variant of the step at ``batch`` images: its rate, share of the matmul rate, peak
+    memory, and (``lightly``: its loss and LARS classes) lightly's rate on the same settings."""
+    empty_cache(device)
+    model = resnet50(device, channels_last)
+    forward = torch.compile(model) if compiled else model
+    views = float_views(batch, sizes.view, device, channels_last)
+    row: dict = {"variant": name, "images": batch}
+    try:
+        began = time.perf_counter()
+        step = simclr_step(forward, views, ours_lars(model), bf16)
+        step()
+        synchronize(device)
+        row["first_step_s"] = time.perf_counter() - began
+        seconds = seconds_per_call(step, device, sizes.steps, sizes.warmup)
+    except torch.cuda.OutOfMemoryError:
+        return {**row, "error": "out of memory"}
+    row["images_per_s"] = batch / seconds
+    row["share_of_matmul_rate"] = flops * batch / seconds / rate
+    row["peak_gib"] = peak_gib(device)
+    if lightly is not None:
+        loss_class, lars_class = lightly
+        del step, forward, model
+        empty_cache(device)
+        theirs = resnet50(device, channels_last)
+        optimizer = lars_class(lars_param_groups(theirs, 1e-6), lr=0.1, momentum=0.9)
+        their_step = simclr_step(
+            theirs, views, optimizer, bf16, loss_class(temperature=TEMPERATURE)
+        )
+        their_seconds = seconds_per_call(their_step, device, sizes.steps, sizes.warmup)
+        row["lightly_images_per_s"] = batch / their_seconds
+        row["ratio_to_lightly"] = their_seconds / seconds
+    return row
+
+
+def whole_step(report: Report, sizes: Sizes) -> None:
+    device = report.device
+    with report.section("3. whole step from uint8") as figures:
+        batch = sizes.batches[0]
+        model = resnet50(device, True)
+        optimizer = ours_lars(model)
+        augment = SimCLRAugment(sizes.view)
+        images = uint8_images(batch, sizes.source, device)
+
+        def step() -> None:
+            view_a, view_b = augment(images)
+            views = torch.cat([view_a, view_b]).contiguous(memory_format=torch.channels_last)
+            simclr_step(model, views, optimizer, True)()
+
+        seconds = seconds_per_call(step, device, sizes.steps, sizes.warmup)
+        figures["images"] = batch
+        figures["images_per_s"] = batch / seconds
+        figures["peak_gib"] = peak_gib(device)
+        augment_s = report.data["sections"].get("1. augmentation", {}).get("ours_seconds_per_batch")
+        if augment_s is not None:  # measured on augment_batch images
+            figures["augmentation_share"] = augment_s * batch / sizes.augment_batch / seconds
+
+
+def big_batch(report: Report, sizes: Sizes) -> None:
+    device = report.device
+    with report.section("4. batch 4096 on one device") as figures:
+        figures["images"] = sizes.big_batch
+        model = resnet50(device, True)
+        optimizer = ours_lars(model)
+        figures["chunk_views"] = sizes.chunk
+        figures["cache_seconds_per_step"] = cached_step_seconds(model, optimizer, sizes, device)
+        figures["cache_peak_gib"] = peak_gib(device)
+        fitted = figures["unchunked"] = []
+        for images in sizes.unchunked:
+            empty_cache(device)
+            views = float_views(images, sizes.view, device, True)
+            try:
+                seconds = seconds_per_call(simclr_step(model, views, optimizer, True), device, 1, 1)
+            except torch.cuda.OutOfMemoryError:
+                fitted.append({"images": images, "error": "out of memory"})
+                break
+            finally:
+                del views
+            fitted.append({"images": images, "seconds_per_step": seconds,
+                           "peak_gib": peak_gib(device)})  # fmt: skip
+        largest = [row for row in fitted if "error" not in row]
+        if largest and largest[-1]["peak_gib"] is not None:
+            per_image = largest[-1]["peak_gib"] / largest[-1]["images"]
+            figures["unchunked_gib_at_big_batch"] = per_image * sizes.big_batch
+
+
+def cached_step_seconds(model: nn.Module, optimizer, sizes: Sizes, device: torch.device) -> float:
+    """Seconds of a gradient-cache step over ``sizes.big_batch`` images in chunks of
+    ``sizes.chunk`` views, bf16 autocast, channels-last."""
+    view_a, view_b = float_views(sizes.big_batch, sizes.view, device, True).chunk(2)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        gradient_cache_backward(model, view_a, view_b, TEMPERATURE, sizes.chunk,
+                                lambda: autocast(device, True))  # fmt: skip
+        optimizer.step()
+
+    return seconds_per_call(step, device, 2, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def correctness(report: Report, run_tests: bool) -> None:
+    device = report.device
+    with report.section("5. correctness") as figures:
+        checks = figures["checks"] = {}
+        torch.manual_seed(0)
+        z_a = torch.randn(16, 32, device=device, requires_grad=True)
+        z_b = torch.randn(16, 32, device=device, requires_grad=True)
+        plain = nt_xent(z_a, z_b, TEMPERATURE)
+        plain_grads = torch.autograd.grad(plain, (z_a, z_b))
+        bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).to(device)
+        global_bn = convert_to_global_batch_norm(
+            nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).to(device)
+        )
+        global_bn.load_state_dict(bn.state_dict())
+        x = torch.randn(12, 3, 9, 9, device=device)
+        weights = torch.randn(12, 8, 7, 7, device=device)  # a loss that depends on the input
+        expected = bn(x)
+        (expected * weights).sum().backward()
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=0, world_size=1)
+        try:  # one rank, with the collective paths forced: NCCL's gather and summed backward run
+            with mock.patch("trainer.losses.is_distributed", return_value=True), \
+                 mock.patch("trainer.global_bn.is_distributed", return_value=True):  # fmt: skip
+                gathered = nt_xent(z_a, z_b, TEMPERATURE)
+                grads = torch.autograd.grad(gathered, (z_a, z_b))
+                out = global_bn(x)
+                (out * weights).sum().backward()
+        finally:
+            dist.destroy_process_group()
+        checks[f"nt_xent gather + summed backward on {backend}"] = bool(
+            torch.allclose(gathered, plain, rtol=1e-5)
+            and all(torch.allclose(g, p, rtol=1e-4, atol=1e-6)
+                    for g, p in zip(grads, plain_grads, strict=True))
+        )  # fmt: skip
+        checks[f"global batch norm on {backend} = batch norm"] = bool(
+            torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+            and torch.allclose(global_bn[0].weight.grad, bn[0].weight.grad, rtol=1e-3, atol=1e-4)
+            and torch.allclose(global_bn[1].running_var, bn[1].running_var, rtol=1e-4)
+        )
+
+        model = resnet50(device, True).eval()
+        views = float_views(8, 64, device, True)
+        with torch.no_grad():
+            fp32 = nt_xent(*model(views).chunk(2), TEMPERATURE)
+            with autocast(device, True):
+                bf16 = nt_xent(*model(views).float().chunk(2), TEMPERATURE)
+        figures["bf16_loss_relative_error"] = abs(bf16.item() - fp32.item()) / fp32.item()
+        checks["bf16 loss within 2 % of fp32"] = figures["bf16_loss_relative_error"] < 0.02
+
+        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+        cudnn_tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:  # exact arithmetic, no batch-dependent layer: the chunked gradient is the whole one
+            whole, chunked = (_group_norm_net(device) for _ in range(2))
+            view_a, view_b = torch.randn(2, 16, 3, 12, 12, device=device)
+            nt_xent(*whole(torch.cat([view_a, view_b])).chunk(2), TEMPERATURE).backward()
+            gradient_cache_backward(chunked, view_a, view_b, TEMPERATURE, 5)
+            checks["gradient cache = whole batch"] = all(
+                torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+                for a, b in zip(whole.parameters(), chunked.parameters(), strict=True)
+            )
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+            torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        if run_tests:
+            tests = ["tests/trainer/test_augment.py", "tests/trainer/test_losses.py",
+                     "tests/trainer/test_global_bn.py", "tests/trainer/test_gradient_cache.py"]  # fmt: skip
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                cwd=ROOT, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+            figures["test_suite_tail"] = result.stdout[-600:]
+            checks["the CUDA tests and the loss, BN and cache tests pass"] = result.returncode == 0
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            raise AssertionError(f"failed: {'; '.join(failed)}")
+
+
+def _group_norm_net(device: torch.device) -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 16),
+    ).to(device)  # fmt: skip
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# GPU check: {data['device']}, torch {data['torch']}"
+             + (" (smoke: reduced sizes)" if data["smoke"] else ""), ""]  # fmt: skip
+    for name, figures in data["sections"].items():
+        lines += [f"## {name} ({figures.get('seconds')} s)", "", "| figure | value |", "|---|---|"]
+        for key, value in figures.items():
+            if key == "rows" or key == "unchunked":
+                continue
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value).replace("\n", " ")
+            lines.append(f"| {key} | {shown} |")
+        for row in figures.get("rows", []) + figures.get("unchunked", []):
+            lines.append("| " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in row.items()) + " | |")  # fmt: skip
+        lines.append("")
+    lines.append("failures: " + ("; ".join(data["failures"]) or "none"))
+    return "\n".join(lines) + "\n"
+
+
+def summary(data: dict) -> str:
+    sections = data["sections"]
+    parts = [f"gpu-check {data['device']} ({data['seconds']:.0f} s)"]
+    rows = sections.get("2. SimCLR step, ResNet-50", {}).get("rows", [])
+    best = max(
+        (r for r in rows if "images_per_s" in r), key=lambda r: r["images_per_s"], default=None
+    )
+    if best:
+        parts.append(f"best step {best['variant']} x{best['images']}: {best['images_per_s']:.0f} img/s, "
+                     f"{100 * best['share_of_matmul_rate']:.0f} % of the matmul rate")  # fmt: skip
+    ratios = [r["ratio_to_lightly"] for r in rows if "ratio_to_lightly" in r]
+    if ratios:
+        parts.append(f"vs lightly {min(ratios):.2f}-{max(ratios):.2f}x")
+    augment = sections.get("1. augmentation", {})
+    if "ours_views_per_s" in augment:
+        parts.append(f"augment {augment['ours_views_per_s']:.0f} views/s"
+                     + (f" ({augment['ratio_to_lightly']:.1f}x lightly)" if "ratio_to_lightly" in augment else ""))  # fmt: skip
+    big = sections.get("4. batch 4096 on one device", {})
+    if "cache_seconds_per_step" in big:
+        parts.append(f"batch {big['images']} cached: {big['cache_seconds_per_step']:.2f} s/step")
+    parts.append(f"failures: {len(data['failures'])}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the code paths only")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check"))
+    parser.add_argument("--lightly-workers", type=int, default=None,
+                        help="DataLoader workers of lightly's pipeline (default 16; smoke 0)")  # fmt: skip
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --device cpu --smoke for the reduced form")
+    sizes = SMOKE if args.smoke else Sizes()
+    report = Report(device, sizes, args.smoke)
+    workers = args.lightly_workers if args.lightly_workers is not None else sizes.lightly_workers
+    augmentation(report, sizes, workers)
+    steps(report, sizes, compile_model=not (args.no_compile or args.smoke))
+    whole_step(report, sizes)
+    big_batch(report, sizes)
+    correctness(report, run_tests=not args.smoke)
+    report.data["seconds"] = report.elapsed()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report.data, indent=2, default=str))
+    (args.out / "gpu_check.md").write_text(markdown(report.data))
+    print(markdown(report.data))
+    print(summary(report.data), flush=True)
+    return 1 if report.data["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

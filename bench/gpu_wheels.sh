@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The wheels the lent GPU machine lacks for `python -m bench.gpu_check`, for its CPython 3.12 on
+# x86-64, downloaded here into gpu-wheels/ (git-ignored; it travels with the working tree through
+# the device tool's `carry`, under its 64 MiB limit). That machine has torch 2.11, torchvision,
+# numpy, Pillow, PyYAML, tqdm, pytest and pytorch-lightning, but no pydantic (the configs the
+# trainer imports) and no lightly (the peer). On the machine:
+#   pip install --no-index --no-deps --target gpu-wheels/site gpu-wheels/*.whl
+#   PYTHONPATH=gpu-wheels/site:. python -m bench.gpu_check --out "$OUT"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+rm -rf gpu-wheels
+# pydantic with its compiled core and the pure-Python packages it imports; lightly without its
+# dependencies (what bench.gpu_check imports of it needs only torch, torchvision, numpy and PIL)
+"$python" -m pip download --quiet --disable-pip-version-check --dest gpu-wheels \
+    --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    "pydantic==$("$python" -c 'import pydantic; print(pydantic.VERSION)')" \
+    "pydantic-core==$("$python" -c 'import pydantic_core; print(pydantic_core.__version__)')" \
+    annotated-types typing-inspection "typing-extensions>=4.14" \
+    "lightly==$("$python" -c 'import lightly; print(lightly.__version__)')"
+du -sh gpu-wheels
+ls gpu-wheels

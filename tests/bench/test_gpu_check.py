@@ -1,0 +1,37 @@
+"""The GPU readiness check in its reduced CPU form (``--device cpu --smoke``), so that it cannot rot
+before a GPU is at hand: every section runs, every correctness check passes, and it leaves its
+table and JSON and prints its summary last."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--smoke", "--out",
+         str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["failures"] == [] and report["smoke"]
+    sections = report["sections"]
+    assert list(sections) == ["1. augmentation", "2. SimCLR step, ResNet-50",
+                              "3. whole step from uint8", "4. batch 4096 on one device",
+                              "5. correctness"]  # fmt: skip
+    rows = sections["2. SimCLR step, ResNet-50"]["rows"]
+    assert [(r["variant"], r["images"]) for r in rows] == [
+        ("fp32 eager", 2), ("bf16 + channels-last", 2), ("fp32 eager", 4),
+        ("bf16 + channels-last", 4)]  # fmt: skip
+    assert all(r["images_per_s"] > 0 and r["share_of_matmul_rate"] > 0 for r in rows)
+    assert sections["4. batch 4096 on one device"]["cache_seconds_per_step"] > 0
+    checks = sections["5. correctness"]["checks"]
+    assert len(checks) == 4 and all(checks.values())
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check: CPU")
+    assert result.stdout.strip().splitlines()[-1].startswith("gpu-check CPU")
