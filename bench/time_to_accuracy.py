@@ -46,6 +46,7 @@ from trainer.linear_classifier import ProbeResult, extract_features, train_linea
 from trainer.losses import nt_xent
 from trainer.optim import lars_param_groups
 from trainer.plots import pyplot
+from trainer.precision import resolve_precision
 from trainer.session import LocalSession
 from trainer.simclr_loop import run_simclr
 from trainer.simclr_recipe import (
@@ -151,8 +152,10 @@ def ours_step_time(config: SimCLRConfig, train: InMemoryImages, steps: int = 8) 
     model, augment, optimizer = build_on_cpu(config)
     images = train.images[: config.batch_size]
 
+    precision, _ = resolve_precision(config.precision, torch.device("cpu"))  # as run_simclr will
+
     def step() -> None:
-        loss = simclr_loss(model, augment, images, None, config.temperature,
+        loss = simclr_loss(model, augment, images, None, config.temperature, precision,
                            channels_last=bool(config.channels_last))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

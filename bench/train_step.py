@@ -7,7 +7,8 @@ optimiser differ. Also reported: the step's FLOPs (counted by ``torch.utils.flop
 time, as a fraction of this machine's measured fp32 matmul rate (the compute floor).
 ``--backbone small_cnn --width 32`` times the time-to-accuracy benchmark's small CNN instead;
 ``--channels-last`` puts weights and views in that layout; ``--compile`` adds a third contender, ours
-with the model under ``torch.compile`` (``SimCLRConfig.compile_model``), and reports its compile time.
+with the model under ``torch.compile`` (``SimCLRConfig.compile_model``), and reports its compile time;
+``--bf16`` adds ours under bf16 autocast (``precision: bf16``; what ``auto`` picks on an AMX CPU).
 Run: ``python -m bench.train_step [--rounds 6] [--pairs 128] [--threads 2] [--backbone resnet18]
 [--width 64] [--channels-last] [--compile]``.
 """
@@ -26,6 +27,7 @@ from bench.common import interleaved_rates, machine_summary, matmul_flops_per_se
 from models import ProjectionHead, SimCLRNet, build_backbone
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups
+from trainer.simclr_recipe import autocast_for
 
 TEMPERATURE = 0.5
 
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="small CNN base width")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time ours under bf16 autocast (what precision: bf16 runs)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lightly.loss import NTXentLoss
@@ -107,6 +111,15 @@ def main() -> None:
         compiled()  # compiles the forward and backward graphs
         compile_note = f"; ours compiled: first step {time.perf_counter() - start:.1f} s"
         contenders["ours nt_xent + LARS, torch.compile"] = compiled
+    if args.bf16:
+        bf16_model = new_model()
+
+        def bf16_forward(batch: torch.Tensor) -> torch.Tensor:
+            with autocast_for("bf16", batch.device):
+                return bf16_model(batch)
+
+        contenders["ours nt_xent + LARS, bf16 autocast"] = make_ours(bf16_model, bf16_forward)
+        contenders["ours nt_xent + LARS, bf16 autocast"]()  # warm-up
     rates = interleaved_rates(contenders, args.rounds)
     peak = matmul_flops_per_second()
     baseline = median(rates["lightly NTXentLoss + LARS"])

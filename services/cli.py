@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "get":
             job = client.job(args.job_id)
             print(describe(job))
+            if "precision" in job["config"]:  # what the workers chose, once they report
+                chosen = [p["value"] for p in client.metrics(args.job_id, name="bf16")]
+                ran = ("bf16" if chosen[-1] else "fp32") if chosen else "not reported yet"
+                print(f"precision  {ran} (config: {job['config']['precision']})")
             print(json.dumps(job["config"], indent=2))
         elif args.command == "export":
             output = Path(args.output)

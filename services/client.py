@@ -120,8 +120,11 @@ class Client:
     def retry(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/retry")
 
-    def metrics(self, job_id: str, after_step: int | None = None) -> list[dict[str, Any]]:
-        params = {} if after_step is None else {"after_step": after_step}
+    def metrics(
+        self, job_id: str, after_step: int | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {key: value for key, value in (("after_step", after_step), ("name", name))
+                  if value is not None}  # fmt: skip
         return self._call("GET", f"/v1/jobs/{job_id}/metrics", params=params)
 
     def checkpoints(self, job_id: str) -> list[dict[str, Any]]:

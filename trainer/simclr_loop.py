@@ -32,6 +32,7 @@ from trainer.gradient_cache import gradient_cache_backward
 from trainer.knn import KnnMonitor
 from trainer.log import step_progress
 from trainer.optim import set_learning_rate
+from trainer.precision import resolve_precision
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 from trainer.simclr_recipe import (
@@ -85,8 +86,9 @@ def run_simclr(
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
-    if config.precision == "bf16" and device.type != "cuda":
-        log.warning("precision bf16 needs CUDA; running in fp32 on %s", device)
+    precision, why = resolve_precision(config.precision, device)
+    if rank == 0:
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
 
     if source is None:
         source = build_source(
@@ -171,11 +173,11 @@ def run_simclr(
             view_a, view_b = (model_layout(view, channels_last) for view in augment(images, sizes))
             loss = gradient_cache_backward(
                 forward, view_a, view_b, config.temperature, config.chunk_size,
-                lambda: autocast_for(config.precision, device),
+                lambda: autocast_for(precision, device),
             )  # fmt: skip
         else:
             loss = simclr_loss(
-                forward, augment, images, sizes, config.temperature, config.precision,
+                forward, augment, images, sizes, config.temperature, precision,
                 channels_last,
             )  # fmt: skip
             loss.backward()
@@ -198,6 +200,7 @@ def run_simclr(
                 "loss": loss_value,
                 "lr": lr,
                 "images_per_s": rate,
+                "bf16": float(precision == "bf16"),
                 "time": time.time(),
             }
             if monitor is not None and monitored:

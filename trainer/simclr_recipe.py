@@ -60,9 +60,10 @@ class LearningRateSchedule:
 
 
 def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast on CUDA when asked; fp32 everywhere else."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast for a resolved ``precision`` of bf16 (``trainer.precision``) on CUDA or a
+    CPU; fp32 otherwise."""
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

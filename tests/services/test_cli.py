@@ -51,11 +51,14 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
         "CREATED",
     ]
     assert job_id in listing and "smoke" in listing
-    assert '"max_steps": 3' in run(capsys, "get", job_id)
+    shown = run(capsys, "get", job_id)
+    assert '"max_steps": 3' in shown and "precision  not reported yet (config: auto)" in shown
+    store = api.app.state.service.store
+    store.add_metrics(job_id, [{"step": 1, "epoch": 0, "name": "bf16", "value": 0.0}])
+    assert "precision  fp32 (config: auto)" in run(capsys, "get", job_id)
     assert "cancel" in run(capsys, "cancel", job_id)
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     assert "attempt    2/3" in run(capsys, "retry", job_id)
-    store = api.app.state.service.store
     store.update_attempt(f"{job_id}-a2", "running", log="hello from the driver\n")
     assert run(capsys, "logs", job_id) == "hello from the driver\n"
     path = f"{api.app.state.service.settings.run_dir(job_id)}/step-00000003"

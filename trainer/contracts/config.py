@@ -224,7 +224,12 @@ class SimCLRConfig(StrictModel):
         le=1 << 20,
         description="gradient cache: embed at most this many views at a time; exact NT-Xent over the whole batch",
     )
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 autocast where the worker's device computes bf16 fast (a CUDA GPU "
+        "with bf16; a CPU with AMX or AVX512-BF16), fp32 elsewhere; weights, loss, optimiser and "
+        "checkpoints stay fp32 (trainer/precision.py)",
+    )
     channels_last: bool | None = Field(
         default=None,
         description="channels-last weights and views; default on CUDA only. On this project's "
