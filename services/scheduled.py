@@ -11,7 +11,8 @@ leader, creates nothing twice, and its first attempt is submitted by the next pa
 attempt. A job is done with once it has ended and every item has been seen through; a job that
 is retried is scheduled again. One job's failure to schedule is logged and retried next pass
 without holding up the others; an item that no longer validates (stored by an older release)
-is logged and skipped.
+is logged and skipped. Each pass costs two queries per job when nothing is due (its
+checkpoints, the keys it has), and a job gets at most ``MAX_SCHEDULED_PER_JOB`` evaluations.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from trainer.contracts.states import TERMINAL
 
 log = logging.getLogger(__name__)
 
+# evaluation jobs one job may get from its ``evaluate`` list (every checkpoint of a long run with a
+# short checkpoint interval would otherwise flood the cluster)
+MAX_SCHEDULED_PER_JOB = 200
+
 
 def schedule_evaluations(store: Store, max_attempts: int) -> None:
     """Create the evaluation jobs due for every job still scheduling evaluations."""
@@ -42,8 +47,10 @@ def schedule_evaluations(store: Store, max_attempts: int) -> None:
 
 def schedule_job(store: Store, job: JobRecord, max_attempts: int) -> None:
     """The evaluations of ``job`` due now: of each available checkpoint for ``every:
-    checkpoint`` items, of the newest one for ``at: end`` items once it has succeeded."""
+    checkpoint`` items, of the newest one for ``at: end`` items once it has succeeded; at most
+    ``MAX_SCHEDULED_PER_JOB`` in all. Two queries when nothing is due."""
     checkpoints = [c for c in store.list_checkpoints(job.id) if c.available]
+    made = store.idempotency_keys(f"{SCHEDULED_KEY_PREFIX}{job.id}:")
     for index, stored in enumerate(job.evaluate or []):
         if stored.get("every") == "checkpoint":
             due = checkpoints
@@ -51,6 +58,12 @@ def schedule_job(store: Store, job: JobRecord, max_attempts: int) -> None:
             due = checkpoints[-1:] if job.status == "succeeded" else []
         for checkpoint in due:
             key = f"{SCHEDULED_KEY_PREFIX}{job.id}:{index}:{checkpoint.name}"
+            if key in made:
+                continue
+            if len(made) >= MAX_SCHEDULED_PER_JOB:
+                log.warning("job %s: %d scheduled evaluations, the most a job gets; no more",
+                            job.id, len(made))  # fmt: skip
+                break
             try:
                 item = ScheduledEvaluation.model_validate(stored)
                 kind = evaluation(item.protocol)
@@ -67,6 +80,7 @@ def schedule_job(store: Store, job: JobRecord, max_attempts: int) -> None:
                 max_attempts=max_attempts, idempotency_key=key,
                 request_hash=hashlib.sha256(key.encode()).hexdigest(), source_job_id=job.id,
             )  # fmt: skip
+            made.add(key)
             if created:
                 log.info("job %s: evaluation %s (%s of %s) scheduled", job.id, created_job.id,
                          item.protocol, checkpoint.name)  # fmt: skip

@@ -103,13 +103,18 @@ def evaluation_job_config(
     kind's ``settings``), its data set (``default_dataset``, the pretraining job's, unless it names
     one) and the checkpoint; ``ConfigError`` names the field below ``loc`` that is wrong."""
     settings = validate_model(kind.settings, request.config, (*loc, "config"))
-    return validate_model(
+    config = validate_model(
         kind.config,
         {**settings.model_dump(), "dataset": request.dataset or default_dataset,
          "source_job_id": source_job_id, "checkpoint": checkpoint,
          "checkpoint_path": checkpoint_path},
         loc,
     )  # fmt: skip
+    if config.dataset.name == "packed":  # streamed by Ray Data for pretraining only
+        raise ConfigError([{"loc": (*loc, "dataset"), "type": "value_error",
+                            "msg": "an evaluation reads an image folder, not packed shards: give "
+                                   "'dataset' (the folder the shards were packed from)"}])  # fmt: skip
+    return config
 
 
 def scheduled_evaluations(
@@ -130,9 +135,7 @@ def scheduled_evaluations(
         kind = evaluation(item.protocol)
         dataset = config.dataset.model_dump(mode="json")
         evaluated = evaluation_job_config(kind, item, dataset, "pending", "pending", "pending", loc)
-        evaluated = confine_config(
-            evaluated, service.settings.data_roots, ("body", "evaluate", str(index))
-        )
+        evaluated = confine_config(evaluated, service.settings.data_roots, ("evaluate", str(index)))
         check_capacity(service, item.resources.model_dump(mode="json"))
         settings = {name: getattr(evaluated, name) for name in kind.settings.model_fields}
         stored = item.model_copy(update={

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from trainer.contracts.config import FinetuneConfig
+from trainer.contracts.config import FinetuneConfig, SimCLRConfig
 from trainer.contracts.spec import JobSpec
 from trainer.data.confine import read_listing
 from trainer.data.datasets import ImageFolderImages, InMemoryImages, build_dataset
@@ -37,6 +38,7 @@ from trainer.distributed import mean_over_ranks
 from trainer.linear_probe import crop_flip_augment, load_encoder, sharded_test_accuracy
 from trainer.optim import set_learning_rate
 from trainer.session import TrainingSession
+from trainer.simclr_recipe import build_model
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,11 @@ def listed_subset(
     give line numbers and counts, never the file's text."""
     lines = read_listing(path, roots, "label subset", MAX_IMAGE_LIST_BYTES).splitlines()
     index: dict[str, int] = {}
+    root = Path(os.path.realpath(dataset.root))  # the samples' paths are resolved ones
     for i, (image, _) in enumerate(dataset.samples):
-        relative = Path(image).relative_to(dataset.root).as_posix()
         index.setdefault(Path(image).name, i)
-        index[relative] = i
+        if Path(image).is_relative_to(root):  # a linked file elsewhere: by its name only
+            index[Path(image).relative_to(root).as_posix()] = i
     chosen, missing = set(), []
     for number, line in enumerate(lines, 1):
         name = line.strip()
@@ -122,31 +125,39 @@ def run_finetune(spec: JobSpec, session: TrainingSession) -> dict | None:
     train = build_dataset(config.dataset, "train", spec.data_roots)
     test = build_dataset(config.dataset, "test", spec.data_roots)
     labelled = labelled_images(train, config, spec.data_roots)
-    encoder, _ = load_encoder(config.checkpoint_path, "cpu")
-    return fine_tune(encoder, labelled, train, test, config, session)
+    state = session.restore()
+    if state is None:
+        encoder, pretraining = load_encoder(config.checkpoint_path, "cpu")
+    else:  # the run's own checkpoint holds the encoder: the source one may be pruned by now
+        pretraining = SimCLRConfig.model_validate(state["pretraining"])
+        encoder = build_model(pretraining).backbone
+    return fine_tune(encoder, labelled, train, test, config, session, pretraining, state)
 
 
 def fine_tune(
-    encoder: nn.Module, labelled, train, test, config: FinetuneConfig, session: TrainingSession
-) -> dict | None:
+    encoder: nn.Module, labelled, train, test, config: FinetuneConfig, session: TrainingSession,
+    pretraining: SimCLRConfig | None = None, state: dict | None = None,
+) -> dict | None:  # fmt: skip
     """Train ``encoder`` and a new linear layer (a class for each of ``train``'s) on the
     ``labelled`` images of the ``train`` split by ``config`` (its data set gives the view size and the test crop), resuming
-    from the session's checkpoint when there is one; then score the centre views of ``test``.
-    The result on rank 0, None on the other ranks."""
+    from ``state`` (the session's checkpoint) when given; then score the centre views of ``test``.
+    ``pretraining``: the encoder's config, kept in the checkpoints so that a resumed run rebuilds
+    the encoder without the source checkpoint. The result on rank 0, None on the other ranks."""
     rank, world, device = session.rank, session.world_size, session.device
     start = time.perf_counter()
     data = config.dataset
     fraction = len(labelled) / len(train)
     epochs = config.resolved_epochs(fraction)
-    batch = min(config.resolved_batch_size, len(labelled)) // world * world
+    # as many steps as the chosen batch needs to see every labelled image, with the images
+    # shared evenly among them (at most world - 1 left out an epoch, where the batch must divide)
+    steps = math.ceil(len(labelled) / config.resolved_batch_size)
+    batch = len(labelled) // steps // world * world
     if batch == 0:
         raise ValueError(f"{len(labelled)} labelled images cannot be shared by {world} workers")
-    steps = len(labelled) // batch
     peak_lr = config.base_lr * batch / 256
     encoder.requires_grad_(True)
     torch.manual_seed(config.seed)  # the same new layer on every rank
     net = Classifier(encoder, int(train.labels.max()) + 1)
-    state = session.restore()
     if state is not None:
         net.load_state_dict(state["model"])
     model = session.prepare_model(net)
@@ -185,7 +196,8 @@ def fine_tune(
         if rank == 0:
             checkpoint = {"kind": "finetune", "model": net.state_dict(),
                           "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                          "step": metrics["step"]}  # fmt: skip
+                          "step": metrics["step"],
+                          "pretraining": pretraining and pretraining.model_dump(mode="json")}  # fmt: skip
             log.info("fine-tuning epoch %d/%d: loss %.4f", epoch + 1, epochs, metrics["loss"])
         session.report(metrics, checkpoint)
     net.eval()

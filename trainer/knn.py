@@ -121,7 +121,7 @@ class KnnMonitor:
     def _views(data: DatasetConfig, dataset, count: int, generator: torch.Generator):
         chosen = torch.randperm(len(dataset), generator=generator)[:count].sort().values.tolist()
         views, labels = [], []
-        for images, sizes, batch_labels in shard_batches(dataset, chosen, 256, 0):
+        for images, sizes, batch_labels in shard_batches(dataset, chosen, 256, data.loader_workers):
             views.append((center_views(images, sizes, data) * 255).round().to(torch.uint8))
             labels.append(batch_labels)
         return torch.cat(views), torch.cat(labels)
@@ -133,7 +133,7 @@ class KnnMonitor:
     @torch.no_grad()
     def _features(self, encoder: nn.Module, views: torch.Tensor) -> torch.Tensor:
         return torch.cat([
-            encoder(batch.to(self.device).float() / 255).float() for batch in views.split(512)
+            encoder(batch.to(self.device).float() / 255).float() for batch in views.split(256)
         ])  # fmt: skip
 
     def top1(self, encoder: nn.Module) -> float:

@@ -96,7 +96,9 @@ def run_simclr(
         )
     per_epoch = steps_per_epoch(source.num_images, config.batch_size)
     schedule = LearningRateSchedule(config, per_epoch)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    every = config.monitor.every_steps
+    monitor = start_monitor(config, device, roots) if every and rank == 0 else None
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (monitor or not)
     model = build_model(config)
     state = session.restore()
     if state is not None:
@@ -149,8 +151,6 @@ def run_simclr(
             "loss": loss,
         }
 
-    every = config.monitor.every_steps
-    monitor = KnnMonitor(config, device, roots) if every and rank == 0 else None
     model.train()
     learning_rates: list[float] = []
     loss_value = float("nan")
@@ -204,12 +204,27 @@ def run_simclr(
                 "time": time.time(),
             }
             if monitor is not None and monitored:
-                metrics["knn_top1"] = monitor.top1(net.backbone)
+                try:
+                    metrics["knn_top1"] = monitor.top1(net.backbone)
+                except Exception:  # the run matters more than its monitor (out of memory, ...)
+                    log.exception("the kNN monitor failed at step %d; it is off for this run", step)
+                    monitor = None
             session.report(metrics, checkpoint_state(loss_value) if save else None)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
             window_start, window_images = time.perf_counter(), 0
     bar.close()
     return RunResult(step, loss_value, learning_rates)
+
+
+def start_monitor(
+    config: SimCLRConfig, device: torch.device, roots: Sequence[str] | None
+) -> KnnMonitor | None:
+    """The run's kNN monitor, or None (logged) when its images cannot be read: the run goes on."""
+    try:
+        return KnnMonitor(config, device, roots)
+    except Exception:
+        log.exception("the kNN monitor could not start; the run goes on without knn_top1")
+        return None
 
 
 def simclr_worker(spec: JobSpec, session: TrainingSession) -> None:

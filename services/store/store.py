@@ -267,6 +267,15 @@ class Store:
         )
         return self._records(query)
 
+    def idempotency_keys(self, prefix: str) -> set[str]:
+        """The idempotency keys in use that start with ``prefix`` (one query)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = select(Job.idempotency_key).where(
+            Job.idempotency_key.like(f"{escaped}%", escape="\\")
+        )
+        with self._reads() as session:
+            return set(session.scalars(query))
+
     def mark_evaluations_scheduled(self, job_id: str) -> None:
         """Every evaluation ``job_id`` asked for is submitted; unless it was retried meanwhile."""
         with self._writes.begin() as session:

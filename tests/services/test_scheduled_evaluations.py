@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from services import cli
+from services import cli, scheduled
 from services.client import Client
 from services.scheduled import schedule_evaluations
 from services.store.tables import Job
@@ -150,6 +150,15 @@ def test_what_a_job_asks_for_is_checked_at_submission(api, tmp_path):
                           "config": {"label_subset": str(tmp_path / "data" / "1percent.txt")}}),
                    422, "it applies to imagenet and imagefolder")  # fmt: skip
     assert_problem(asked(*[ASKED[0]] * 17), 422, "evaluate")
+    packed = {**DIGITS, "dataset": {"name": "packed", "root": str(tmp_path / "data" / "shards"),
+                                    "loader": "ray_data"}}  # fmt: skip
+    assert_problem(submit(api, config=packed, evaluate=[ASKED[1]]), 422,
+                   "evaluate.0.dataset", "not packed shards")  # fmt: skip
+    refused = assert_problem(asked({"protocol": "finetune", "at": "end",
+                                    "dataset": {"name": "imagefolder", "root": str(tmp_path / "data")},
+                                    "config": {"label_subset": "/etc/passwd"}}),
+                             422, "evaluate.0.label_subset")  # fmt: skip
+    assert "body.body" not in refused["detail"]
     ddpm = api.post("/v1/jobs", json={"kind": "ddpm", "config": {"data": {"name": "digits"}},
                                       "evaluate": [ASKED[1]]})  # fmt: skip
     assert_problem(ddpm, 422, "evaluate", "no encoder")
@@ -195,3 +204,14 @@ def test_the_cli_submits_what_a_job_asks_for(api, tmp_path, capsys, monkeypatch)
     assert "expected PROTOCOL:checkpoint or PROTOCOL:end" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"evaluate\.0\.protocol"):
         cli.main(["submit", "simclr", "--config", str(config), "--evaluate", "byol:end"])
+
+
+def test_a_job_gets_at_most_the_cap_of_scheduled_evaluations(api, monkeypatch):
+    monkeypatch.setattr(scheduled, "MAX_SCHEDULED_PER_JOB", 2)
+    store = api.app.state.service.store
+    job_id = submit(api, evaluate=ASKED[:1]).json()["id"]
+    for step in (2, 4, 6):
+        report_checkpoint(api, job_id, step, keep=3)
+    schedule_evaluations(store, 3)
+    schedule_evaluations(store, 3)
+    assert sorted(e["step"] for e in evaluations(api, job_id)) == [2, 4]

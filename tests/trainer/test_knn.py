@@ -12,6 +12,7 @@ import torch
 
 from tests.trainer.test_linear_probe import write_checkpoint
 from tests.trainer.test_pretrain import small_config
+from trainer import simclr_loop
 from trainer.contracts.config import KnnConfig, MonitorConfig, SimCLRConfig
 from trainer.contracts.spec import JobSpec
 from trainer.data.datasets import load_digits_split
@@ -134,3 +135,28 @@ def test_the_monitor_cannot_read_packed_shards_without_a_data_set():
         SimCLRConfig.model_validate({"dataset": packed, "monitor": {"every_steps": 100}})
     SimCLRConfig.model_validate({"dataset": packed, "monitor": {
         "every_steps": 100, "dataset": {"name": "imagefolder", "root": "/data/images"}}})  # fmt: skip
+
+
+def test_a_monitor_that_cannot_start_or_fails_leaves_the_run_going(tmp_path, monkeypatch):
+    config = small_config(epochs=2, monitor=MonitorConfig(every_steps=2, train_images=32,
+                                                          test_images=16, k=5))  # fmt: skip
+
+    def unreadable(*args, **kwargs):
+        raise FileNotFoundError("no val/ folder")
+
+    monkeypatch.setattr(simclr_loop, "KnnMonitor", unreadable)
+    assert pretrain(config, tmp_path / "a", progress=False).steps == 6
+    monkeypatch.undo()
+    monkeypatch.setattr(KnnMonitor, "top1", lambda self, encoder: 1 / 0)
+    assert pretrain(config, tmp_path / "b", progress=False).steps == 6
+    for run in ("a", "b"):
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").open()]
+        assert records and not any("knn_top1" in r for r in records)
+
+
+def test_the_monitors_images_are_bounded():
+    with pytest.raises(ValueError, match=r"monitor: 200000 views of 224 px are 28\.0 GiB"):
+        SimCLRConfig.model_validate({"dataset": {"name": "imagenet", "root": "/data"}, "monitor": {
+            "every_steps": 10, "train_images": 100_000, "test_images": 100_000}})  # fmt: skip
+    SimCLRConfig.model_validate({"dataset": {"name": "imagenet", "root": "/data"},
+                                 "monitor": {"every_steps": 10}})  # fmt: skip

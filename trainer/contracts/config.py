@@ -43,6 +43,7 @@ MAX_DIM = 65_536  # a hidden, output or latent dimension
 MAX_WIDTH = 4096  # a network's channels
 MAX_LR = 100.0
 MAX_CHECKPOINTS = 1000
+MAX_MONITOR_BYTES = 2 << 30  # the kNN monitor's uint8 views, kept on rank 0
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 EverySteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
@@ -187,7 +188,7 @@ class MonitorConfig(KnnSettings):
     ``every_steps`` steps rank 0 scores the current encoder with the weighted kNN classifier,
     ``train_images`` labelled training images as the neighbours and ``test_images`` held-out ones
     as the queries (both chosen once by the run's seed; ``k`` and ``temperature`` as in a kNN
-    evaluation), and reports the top-1 as ``knn_top1``."""
+    evaluation; their uint8 views at most ``MAX_MONITOR_BYTES``), and reports the top-1 as ``knn_top1``."""
 
     every_steps: EverySteps | None = Field(
         default=None, description="off by default (the paper's ImageNet recipe); the presets set it"
@@ -246,10 +247,21 @@ class SimCLRConfig(StrictModel):
 
     @model_validator(mode="after")
     def _monitor_can_read(self) -> SimCLRConfig:
-        if self.monitor.every_steps and not self.monitor.dataset and self.dataset.name == "packed":
+        monitor = self.monitor
+        if not monitor.every_steps:
+            return self
+        if not monitor.dataset and self.dataset.name == "packed":
             raise ValueError(
                 "monitor: packed shards have no held-out split the monitor can read; give "
                 "monitor.dataset (the image folder they were packed from)"
+            )
+        side = (monitor.dataset or self.dataset).view_size
+        held = (monitor.train_images + monitor.test_images) * 3 * side * side
+        if held > MAX_MONITOR_BYTES:
+            raise ValueError(
+                f"monitor: {monitor.train_images + monitor.test_images} views of {side} px are "
+                f"{held / 2**30:.1f} GiB on rank 0; at most {MAX_MONITOR_BYTES >> 30} GiB: use "
+                "fewer train_images or test_images"
             )
         return self
 
@@ -345,7 +357,8 @@ class FinetuneSettings(StrictModel):
     )
     epochs: int | None = Field(
         default=None, ge=1, le=MAX_EPOCHS,
-        description="default: the paper's 60 for at most 1 % of the labels, 30 above",
+        description="default: the paper's 60 for its 1 % of the labels, 30 for its 10 % (60 below "
+        "5 %, 30 above)",
     )  # fmt: skip
     batch_size: int | None = Field(
         default=None, ge=1, le=MAX_BATCH,
@@ -372,7 +385,9 @@ class FinetuneConfig(FinetuneSettings, CheckpointTarget):
         return self
 
     def resolved_epochs(self, labelled_fraction: float) -> int:
-        return self.epochs or (60 if labelled_fraction <= 0.01 + 1e-9 else 30)
+        """``epochs``, else the paper's: 60 for its 1 % of the labels, 30 for its 10 % (below 5 %
+        and above; a per-class rounding of 1 % may land a little over 1 %)."""
+        return self.epochs or (60 if labelled_fraction < 0.05 else 30)
 
     @property
     def resolved_batch_size(self) -> int:
