@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from services.kinds import ConfigError
 from services.schemas import ScheduledEvaluation
 from services.store.store import JobRecord, Store
-from services.submission import SCHEDULED_KEY_PREFIX, evaluation_job_config
+from services.submission import SCHEDULED_KEY_PREFIX, evaluation_job_config, evaluation_name
 from trainer.contracts.kinds import evaluation
 from trainer.contracts.states import TERMINAL
 
@@ -56,26 +56,31 @@ def schedule_job(store: Store, job: JobRecord, max_attempts: int) -> None:
             due = checkpoints
         else:
             due = checkpoints[-1:] if job.status == "succeeded" else []
-        for checkpoint in due:
-            key = f"{SCHEDULED_KEY_PREFIX}{job.id}:{index}:{checkpoint.name}"
-            if key in made:
-                continue
+        keys = {f"{SCHEDULED_KEY_PREFIX}{job.id}:{index}:{c.name}": c for c in due}
+        pending = [(key, checkpoint) for key, checkpoint in keys.items() if key not in made]
+        if not pending:
+            continue
+        try:
+            item = ScheduledEvaluation.model_validate(stored)
+            kind = evaluation(item.protocol)
+        except (ValidationError, KeyError) as error:
+            log.error("job %s: evaluation %d cannot be made and is skipped: %s", job.id, index,
+                      error)  # fmt: skip
+            continue
+        for key, checkpoint in pending:
             if len(made) >= MAX_SCHEDULED_PER_JOB:
                 log.warning("job %s: %d scheduled evaluations, the most a job gets; no more",
                             job.id, len(made))  # fmt: skip
                 break
             try:
-                item = ScheduledEvaluation.model_validate(stored)
-                kind = evaluation(item.protocol)
                 config = evaluation_job_config(kind, item, job.config["dataset"], job.id,
                                                checkpoint.name, checkpoint.path, ())  # fmt: skip
-            except (ValidationError, ConfigError, KeyError) as error:
+            except (ConfigError, KeyError) as error:
                 log.error("job %s: evaluation %d of %s cannot be made and is skipped: %s",
                           job.id, index, checkpoint.name, error)  # fmt: skip
                 break
-            described = kind.name.replace("_", " ")
             created_job, created = store.create_job(
-                kind=kind.name, name=item.name or f"{described} of {job.name} at {checkpoint.name}"[:200],
+                kind=kind.name, name=item.name or evaluation_name(kind, job.name, checkpoint.name),
                 config=config.model_dump(mode="json"), resources=item.resources.model_dump(mode="json"),
                 max_attempts=max_attempts, idempotency_key=key,
                 request_hash=hashlib.sha256(key.encode()).hexdigest(), source_job_id=job.id,

@@ -95,6 +95,11 @@ def evaluation_config(
     return source, kind, config
 
 
+def evaluation_name(kind: Kind, source_name: str, checkpoint: str) -> str:
+    """The name an evaluation job gets when its request gives none."""
+    return f"{kind.name.replace('_', ' ')} of {source_name} at {checkpoint}"[:200]
+
+
 def evaluation_job_config(
     kind: Kind, request: EvaluationRequest, default_dataset: dict[str, Any], source_job_id: str,
     checkpoint: str, checkpoint_path: str, loc: tuple[str | int, ...],
@@ -130,10 +135,10 @@ def scheduled_evaluations(
         raise ConfigError([{"loc": ("body", "evaluate"), "type": "value_error",
                             "msg": f"a {body.kind} job has no encoder to evaluate"}])  # fmt: skip
     items = []
+    dataset = config.dataset.model_dump(mode="json")
     for index, item in enumerate(body.evaluate):
         loc = ("body", "evaluate", index)
         kind = evaluation(item.protocol)
-        dataset = config.dataset.model_dump(mode="json")
         evaluated = evaluation_job_config(kind, item, dataset, "pending", "pending", "pending", loc)
         evaluated = confine_config(evaluated, service.settings.data_roots, ("evaluate", str(index)))
         check_capacity(service, item.resources.model_dump(mode="json"))

@@ -139,8 +139,9 @@ def fine_tune(
     pretraining: SimCLRConfig | None = None, state: dict | None = None,
 ) -> dict | None:  # fmt: skip
     """Train ``encoder`` and a new linear layer (a class for each of ``train``'s) on the
-    ``labelled`` images of the ``train`` split by ``config`` (its data set gives the view size and the test crop), resuming
-    from ``state`` (the session's checkpoint) when given; then score the centre views of ``test``.
+    ``labelled`` images of the ``train`` split by ``config`` (its data set gives the view size and
+    the test crop), resuming from ``state`` (the session's checkpoint) when given; then score the
+    centre views of ``test``.
     ``pretraining``: the encoder's config, kept in the checkpoints so that a resumed run rebuilds
     the encoder without the source checkpoint. The result on rank 0, None on the other ranks."""
     rank, world, device = session.rank, session.world_size, session.device

@@ -102,7 +102,6 @@ class KnnMonitor:
     def __init__(self, config: SimCLRConfig, device: torch.device,
                  roots: Sequence[str] | None = None) -> None:  # fmt: skip
         monitor = config.monitor
-        self.every_steps = monitor.every_steps
         self.k, self.temperature = monitor.k, monitor.temperature
         self.device = device
         data = monitor.dataset or config.dataset
@@ -125,10 +124,6 @@ class KnnMonitor:
             views.append((center_views(images, sizes, data) * 255).round().to(torch.uint8))
             labels.append(batch_labels)
         return torch.cat(views), torch.cat(labels)
-
-    def due(self, step: int) -> bool:
-        """Whether the monitor scores the encoder after ``step`` steps."""
-        return bool(self.every_steps) and step % self.every_steps == 0
 
     @torch.no_grad()
     def _features(self, encoder: nn.Module, views: torch.Tensor) -> torch.Tensor:

@@ -96,8 +96,8 @@ def run_simclr(
         )
     per_epoch = steps_per_epoch(source.num_images, config.batch_size)
     schedule = LearningRateSchedule(config, per_epoch)
-    every = config.monitor.every_steps
-    monitor = start_monitor(config, device, roots) if every and rank == 0 else None
+    watched = config.monitor.every_steps and rank == 0
+    monitor = start_monitor(config, device, roots) if watched else None
     torch.manual_seed(config.seed)  # the same initial weights on every rank (monitor or not)
     model = build_model(config)
     state = session.restore()
@@ -188,7 +188,7 @@ def run_simclr(
         bar.update(1)
         periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
         save = step % per_epoch == 0 or periodic or step == last_step
-        monitored = bool(every) and step % every == 0
+        monitored = config.monitor.due(step)
         if step % config.log_every_steps == 0 or save or monitored:
             loss_value = mean_over_ranks(loss)
             if not math.isfinite(loss_value):

@@ -19,6 +19,7 @@ from services.routes.deps import ServiceDep
 from services.schemas import CheckpointIn, CheckpointOut, EvaluationResultOut, MetricsIn
 from services.scores import redraw_evaluations_plot
 from services.service import Service
+from services.store.store import JobRecord
 from trainer.contracts.states import TERMINAL
 
 router = APIRouter(
@@ -26,11 +27,12 @@ router = APIRouter(
 )
 
 
-def _open_job(service: Service, job_id: str) -> None:
-    """The job exists and may still report."""
+def _open_job(service: Service, job_id: str) -> JobRecord:
+    """The job, which exists and may still report."""
     job = service.store.get_job(job_id)
     if job.status in TERMINAL:
         raise HTTPException(409, f"job {job_id} is {job.status}: it takes no more reports")
+    return job
 
 
 @router.post("/jobs/{job_id}/metrics", status_code=204)
@@ -56,9 +58,8 @@ def report_result(
     job_id: str, body: EvaluationResultOut, service: ServiceDep, background: BackgroundTasks
 ) -> None:
     """An evaluation's result; the scored job's ``evaluations.png`` is redrawn after the answer."""
-    _open_job(service, job_id)
+    source = _open_job(service, job_id).source_job_id
     service.store.set_result(job_id, body.model_dump())
-    source = service.store.get_job(job_id).source_job_id
     if source is not None:
         background.add_task(redraw_evaluations_plot, service.store, source)  # on a thread
 

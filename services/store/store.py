@@ -258,7 +258,7 @@ class Store:
 
     def jobs_scheduling_evaluations(self, limit: int = 1000) -> list[JobRecord]:
         """Jobs that asked for evaluations at submission and have not had all of them
-        submitted yet (``services.scheduled``), oldest first."""
+        submitted yet (``services.scheduled``): the ``limit`` oldest, as ``_records`` orders them."""
         query = (
             select(Job.id)
             .where(Job.evaluate.is_not(None), Job.evaluations_scheduled.is_(False))

@@ -91,6 +91,9 @@ def test_the_monitor_scores_its_held_out_images_as_a_direct_computation():
         "monitor": {"every_steps": 5, "train_images": 300, "test_images": 100, "k": 10},
     })  # fmt: skip
     monitor = KnnMonitor(config, torch.device("cpu"))
+    torch.manual_seed(123)  # another global random state: the same images, drawn by the run's seed
+    again = KnnMonitor(config, torch.device("cpu"))
+    assert again.bank.equal(monitor.bank) and again.queries.equal(monitor.queries)
     train, test = load_digits_split("train"), load_digits_split("test")
     # the views of distinct images of each split, drawn by the seed, with their own labels
     assert monitor.bank.shape == (300, 3, 16, 16) and monitor.queries.shape == (100, 3, 16, 16)
@@ -100,7 +103,7 @@ def test_the_monitor_scores_its_held_out_images_as_a_direct_computation():
     assert matches.any(1).all()
     assert monitor.bank_labels.equal(train.labels[matches.int().argmax(1)])
     assert len(test) == 450 and monitor.num_classes == 10
-    assert [monitor.due(s) for s in (4, 5, 10, 11)] == [False, True, True, False]
+    assert [config.monitor.due(s) for s in (4, 5, 10, 11)] == [False, True, True, False]
 
     torch.manual_seed(0)
     encoder = build_model(config).backbone.train()

@@ -201,6 +201,10 @@ class MonitorConfig(KnnSettings):
         "Required for packed shards, which the monitor cannot read",
     )
 
+    def due(self, step: int) -> bool:
+        """Whether the monitor scores the encoder after ``step`` steps (every rank asks)."""
+        return bool(self.every_steps) and step % self.every_steps == 0
+
 
 class SimCLRConfig(StrictModel):
     dataset: DatasetConfig = Field(description="required: no data set can be assumed")
