@@ -10,7 +10,10 @@ of the data's 17 levels: DDPM's full bound (T = 1000), the VAE's IWAE bound (k =
 bound, DiffuseVAE's two terms; the GAN by the Frechet distance of its samples in the features of
 the in-project classifier. Baselines: uniform over 17 levels, a per-pixel histogram (add-one
 smoothing), a full-covariance Gaussian on dequantised pixels; for the GAN, samples of that Gaussian.
-Run: ``python -m bench.generative [--budget 120] [--steps 30]``.
+Precision (``--only precision``, not in the default run): each kind that may compute in bf16 (all
+but the flow), fp32 against bf16 autocast for ``--precision-steps`` steps and ``--seeds`` seeds:
+images/s and the held-out metric at the end (100 held-out digits).
+Run: ``python -m bench.generative [--budget 120] [--steps 30] [--only precision]``.
 """
 
 from __future__ import annotations
@@ -151,6 +154,33 @@ def likelihood_part(budget: float, storage: Path) -> None:
     likelihoods(budget, storage)
 
 
+def precision_part(steps: int, seeds: int, storage: Path) -> None:
+    """Each kind that may compute in bf16, fp32 against bf16 autocast at equal steps and seeds:
+    images/s and the held-out metric at the end (issue 22)."""
+    torch.set_num_threads(2)
+    print(f"| kind | precision | seed | steps | images/s | held-out metric after {steps} steps |")
+    print("|---|---|---|---|---|---|")
+    for kind in kinds("generate"):
+        if kind == "flow":  # FlowConfig.precision: fp32 on every device
+            continue
+        for seed in range(seeds):
+            for precision in ("fp32", "bf16"):
+                extra = {"seed": seed, "precision": precision, "eval_examples": 100,
+                         "eval_every_steps": steps, "log_every_steps": 10,
+                         "frechet_classifier_steps": 300 if kind == "gan" else 0}  # fmt: skip
+                if kind == "diffusevae":
+                    extra["vae_steps"] = steps // 3
+                cfg = KINDS[kind].config.model_validate(config(kind, 128, steps, **extra))
+                run = run_generative(kind, cfg, LocalSession(storage / f"{kind}-{precision}-{seed}"),
+                                     progress=False)  # fmt: skip
+                rate = statistics.median(row["images_per_s"] for row in run.history[1:-1])
+                last = run.history[-1]
+                names = sorted(n for n in last if n.endswith("_bpd") or n.startswith("frechet"))
+                metric = ", ".join(f"{name} {last[name]:.4f}" for name in names)
+                print(f"| {kind} | {precision} | {seed} | {steps} | {rate:.0f} | {metric} |",
+                      flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,11 +189,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps of each scaling run")
     parser.add_argument("--per-worker-batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument(
-        "--only", choices=["likelihood", "scaling"], help="run one of the two parts"
+        "--only", choices=["likelihood", "scaling", "precision"], help="run one part"
     )
+    parser.add_argument("--precision-steps", type=int, default=200, help="steps of each run")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the precision part")
     args = parser.parse_args()
     storage = Path(tempfile.mkdtemp(prefix="generative-bench-"))
     print(f"# {machine_summary()}")
+    if args.only == "precision":
+        precision_part(args.precision_steps, args.seeds, storage)
+        return
     if args.only != "scaling":
         likelihood_part(args.budget, storage)
     if args.only != "likelihood":

@@ -56,6 +56,7 @@ from trainer.global_bn import convert_to_global_batch_norm
 from trainer.gradient_cache import gradient_cache_backward
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups
+from trainer.precision import autocast_for
 
 TEMPERATURE = 0.1
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,10 +158,6 @@ def resnet50(device: torch.device, channels_last: bool) -> SimCLRNet:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def matmul_rate(device: torch.device, n: int) -> float:
     """FLOP/s of an n x n matmul in bf16 (fp32 on a CPU): the chip's matrix rate, measured."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -174,7 +171,7 @@ def matmul_rate(device: torch.device, n: int) -> float:
 def simclr_step(model: nn.Module, views: torch.Tensor, optimizer, bf16: bool,
                 loss_fn: Callable = lambda a, b: nt_xent(a, b, TEMPERATURE)) -> Callable[[], None]:  # fmt: skip
     def step() -> None:
-        with autocast(views.device, bf16):
+        with autocast_for("bf16" if bf16 else "fp32", views.device):
             z = model(views)
         loss = loss_fn(*z.float().chunk(2))
         optimizer.zero_grad(set_to_none=True)
@@ -374,7 +371,7 @@ def cached_step_seconds(model: nn.Module, optimizer, sizes: Sizes, device: torch
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         gradient_cache_backward(model, view_a, view_b, TEMPERATURE, sizes.chunk,
-                                lambda: autocast(device, True))  # fmt: skip
+                                lambda: autocast_for("bf16", device))  # fmt: skip
         optimizer.step()
 
     return seconds_per_call(step, device, 2, 1)
@@ -432,7 +429,7 @@ def correctness(report: Report, run_tests: bool) -> None:
         views = float_views(8, 64, device, True)
         with torch.no_grad():
             fp32 = nt_xent(*model(views).chunk(2), TEMPERATURE)
-            with autocast(device, True):
+            with autocast_for("bf16", device):
                 bf16 = nt_xent(*model(views).float().chunk(2), TEMPERATURE)
         figures["bf16_loss_relative_error"] = abs(bf16.item() - fp32.item()) / fp32.item()
         checks["bf16 loss within 2 % of fp32"] = figures["bf16_loss_relative_error"] < 0.02

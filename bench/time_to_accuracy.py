@@ -23,7 +23,12 @@ Each run's length in steps is set from its own step time, measured over a few st
 clock starts, so that its cosine schedule ends with the budget; checkpoints at ``--points`` even
 fractions of it are scored afterwards (the probe's time is not in the budget): fast-mode features
 of the centre view, the linear classifier of ``trainer.linear_classifier`` (90 epochs).
-Writes a table, a PNG plot (``--plot``) and where each pipeline's time goes.
+Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, and when ours first
+reached lightly's final top-1 against lightly's time to it.
+Ours runs in the product's default precision (``auto``: bf16 autocast on a CPU with AMX or
+AVX512-BF16, ``trainer.precision``), lightly in fp32 as it does by default; ``--precision`` forces
+ours'. The quality check of bf16 at equal steps runs ours alone for a fixed number of epochs:
+``--only ours --epochs 15 --points 1 --precision fp32 --seed 1`` (and ``bf16``, other seeds).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from trainer.linear_classifier import ProbeResult, extract_features, train_linea
 from trainer.losses import nt_xent
 from trainer.optim import lars_param_groups
 from trainer.plots import pyplot
-from trainer.precision import resolve_precision
+from trainer.precision import autocast_for, resolve_precision
 from trainer.session import LocalSession
 from trainer.simclr_loop import run_simclr
 from trainer.simclr_recipe import (
@@ -99,6 +104,7 @@ def recipe(args: argparse.Namespace, view_size: int) -> SimCLRConfig:
         "augment": {"strength": 0.5, "blur": False, "compile": args.compile},
         "batch_size": args.batch, "epochs": 1, "temperature": args.temperature,
         "channels_last": args.channels_last, "log_every_steps": 10_000,
+        "precision": args.precision, "seed": args.seed,
     })  # fmt: skip
 
 
@@ -169,11 +175,17 @@ def ours_step_time(config: SimCLRConfig, train: InMemoryImages, steps: int = 8) 
 
 
 def run_ours(
-    config: SimCLRConfig, train: InMemoryImages, budget: float, points: int, scratch: Path
+    config: SimCLRConfig,
+    train: InMemoryImages,
+    budget: float,
+    points: int,
+    scratch: Path,
+    epochs: int | None = None,
 ):
+    """Ours for ``epochs`` (default: as many whole epochs as ``budget`` seconds hold)."""
     step_time = ours_step_time(config, train)
     per_epoch = steps_per_epoch(len(train), config.batch_size)
-    epochs = max(1, int(budget / step_time) // per_epoch)
+    epochs = epochs or max(1, int(budget / step_time) // per_epoch)
     every = max(1, epochs * per_epoch // points)
     config = config.model_copy(update={"epochs": epochs, "checkpoint_every_steps": every})
     timeline = Timeline()
@@ -193,6 +205,7 @@ def ours_breakdown(
 ) -> dict[str, float]:
     """Seconds per step in augmentation, forward + loss + backward, and the optimiser."""
     model, augment, optimizer = build_on_cpu(config)
+    precision, _ = resolve_precision(config.precision, torch.device("cpu"))  # as run_simclr does
     totals = {"data + augmentation": 0.0, "forward + backward": 0.0, "optimiser": 0.0}
     for i in range(steps + 1):
         images = train.images[torch.randint(len(train), (config.batch_size,))]
@@ -200,7 +213,8 @@ def ours_breakdown(
         view_a, view_b = augment(images)
         t1 = time.perf_counter()
         views = model_layout(torch.cat([view_a, view_b]), bool(config.channels_last))
-        z_a, z_b = model(views).chunk(2)
+        with autocast_for(precision, views.device):
+            z_a, z_b = model(views).chunk(2)
         loss = nt_xent(z_a, z_b, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -317,6 +331,18 @@ def score(
     return scored
 
 
+def time_to_reach(ours: list, lightly: list) -> str:
+    """When ours' first scored checkpoint reaches lightly's final top-1, against lightly's time
+    to its final checkpoint (resolution: the spacing of the scored checkpoints)."""
+    goal, lightly_seconds = lightly[-1][2].top1, lightly[-1][0]
+    reached = next(((s, step) for s, step, result in ours if result.top1 >= goal), None)
+    if reached is None:
+        return f"ours never reached lightly's final {goal:.2f} % within its budget"
+    seconds, step = reached
+    return (f"ours reached lightly's final {goal:.2f} % at {seconds:.0f} s (step {step}): "
+            f"{seconds / lightly_seconds:.2f}x lightly's {lightly_seconds:.0f} s")  # fmt: skip
+
+
 def plot(path: Path, title: str, curves: dict, floors: dict) -> None:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -376,6 +402,19 @@ def main() -> None:
                         help="channels-last weights and views, for both pipelines")  # fmt: skip
     parser.add_argument("--lightly-workers", type=int, default=1)
     parser.add_argument("--only", choices=["ours", "lightly"], help="run one contender")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="ours' precision (the product's default: auto); lightly runs fp32",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and views")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="ours for this many epochs instead of the budget (equal-step checks)",
+    )
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--plot-from", type=Path, nargs="+",
                         help="only plot the tables of these saved outputs (later ones win)")  # fmt: skip
@@ -388,8 +427,11 @@ def main() -> None:
         plot(args.plot, title, curves, floors)
         return
     print(f"# {machine_summary()}", flush=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        train, test, size = load_split(args.data, Path(scratch))
+    precision, why = resolve_precision(args.precision, torch.device("cpu"))
+    print(f"# ours' precision: {precision} ({why}); seed {args.seed}", flush=True)
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = Path(temporary)
+        train, test, size = load_split(args.data, scratch)
         config = recipe(args, size)
         print(f"# {args.data}: {len(train)} pretraining / probe-train images, {len(test)} test; "
               f"{args.backbone}, batch {args.batch}, budget {args.budget:.0f} s", flush=True)  # fmt: skip
@@ -401,7 +443,7 @@ def main() -> None:
         curves, summary = {}, []
         if args.only != "lightly":
             timeline, steps, wall, step_time = run_ours(
-                config, train, args.budget, args.points, scratch
+                config, train, args.budget, args.points, scratch, args.epochs
             )
             curves["ours"] = score(timeline, config, train, test)
             summary.append(("ours", steps, wall, step_time, ours_breakdown(config, train)))
@@ -436,6 +478,7 @@ def main() -> None:
     if len(final) == 2:
         print(f"ours - lightly: {final['ours'] - final['lightly']:+.2f} points; "
               f"ours - random init: {final['ours'] - random_init.top1:+.2f} points")  # fmt: skip
+        print(time_to_reach(curves["ours"], curves["lightly"]))
     if args.plot:
         title = f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on {torch.get_num_threads()} threads"
         plot(

@@ -27,7 +27,7 @@ from bench.common import interleaved_rates, machine_summary, matmul_flops_per_se
 from models import ProjectionHead, SimCLRNet, build_backbone
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups
-from trainer.simclr_recipe import autocast_for
+from trainer.precision import autocast_for
 
 TEMPERATURE = 0.5
 

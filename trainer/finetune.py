@@ -37,6 +37,7 @@ from trainer.data.loader import EpochBatches, iterate_batches
 from trainer.distributed import mean_over_ranks
 from trainer.linear_probe import crop_flip_augment, load_encoder, sharded_test_accuracy
 from trainer.optim import set_learning_rate
+from trainer.precision import at_least_fp32, autocast_for, resolve_precision
 from trainer.session import TrainingSession
 from trainer.simclr_recipe import build_model
 
@@ -146,6 +147,7 @@ def fine_tune(
     the encoder without the source checkpoint. The result on rank 0, None on the other ranks."""
     rank, world, device = session.rank, session.world_size, session.device
     start = time.perf_counter()
+    precision, why = resolve_precision(config.precision, device)
     data = config.dataset
     fraction = len(labelled) / len(train)
     epochs = config.resolved_epochs(fraction)
@@ -174,6 +176,7 @@ def fine_tune(
                  "batch %d over %d worker(s), lr %.4g", config.source_job_id, config.checkpoint,
                  len(labelled), 100 * fraction, len(train), epochs, steps, batch, world,
                  peak_lr)  # fmt: skip
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
     crop_flip = crop_flip_augment(data.view_size, scale=(0.08, 1.0), flip=True)
     loss = torch.tensor(math.nan, device=device)
     for epoch in range(first_epoch, epochs):
@@ -187,12 +190,15 @@ def fine_tune(
             images = step_batch.images.to(device)
             sizes = step_batch.sizes.to(device) if step_batch.sizes is not None else None
             views, _ = crop_flip(images, sizes)  # the second view is not used
-            loss = F.cross_entropy(model(views), step_batch.labels.to(device))
+            with autocast_for(precision, device):  # the forward pass; logits and loss in fp32
+                logits = model(views)
+            loss = F.cross_entropy(at_least_fp32(logits), step_batch.labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         metrics = {"step": (epoch + 1) * steps, "epoch": epoch + 1, "loss": mean_over_ranks(loss),
-                   "lr": optimizer.param_groups[0]["lr"], "time": time.time()}  # fmt: skip
+                   "lr": optimizer.param_groups[0]["lr"], "time": time.time(),
+                   "bf16": float(precision == "bf16")}  # fmt: skip
         checkpoint = None
         if rank == 0:
             checkpoint = {"kind": "finetune", "model": net.state_dict(),

@@ -1,16 +1,19 @@
-"""Which arithmetic a SimCLR run's forward passes use, decided on the worker that runs it.
+"""Which arithmetic a training run's forward passes use, decided on the worker that runs it.
 
-``precision: auto`` (the default) is bf16 autocast where the device computes bf16 fast: a CUDA GPU
-with bf16 support, or a CPU whose flags list AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``);
-fp32 elsewhere. On a CPU without them oneDNN emulates bf16 and a step gets slower, not faster
-(docs/benchmarks.md). ``fp32`` and ``bf16`` force it. Under bf16 autocast only the convolutions and
-matmuls of the forward pass run in bf16: the weights, their gradients, LARS's norms and updates,
-batch-norm statistics, the NT-Xent logits and loss (``trainer.losses``) and the checkpoints stay
-fp32, so a run resumes under either precision.
+``precision: auto`` (the default of SimCLR, fine-tuning and the generative kinds but the flow) is
+bf16 autocast where the device computes bf16 fast: a CUDA GPU with bf16 support, or a CPU whose
+flags list AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``); fp32 elsewhere. On a CPU without
+them oneDNN emulates bf16 and a step gets 11x slower (docs/benchmarks.md). ``fp32`` and ``bf16``
+force it. Under bf16 autocast only the convolutions and matmuls of the training forward passes run
+in bf16: the weights, their gradients, the optimisers (LARS's norms and updates, Adam), batch-norm
+statistics, the losses (NT-Xent's logits in ``trainer.losses``; the generative losses and the
+fine-tuning cross-entropy from ``at_least_fp32`` copies of the outputs), evaluations and the
+checkpoints stay fp32, so a run resumes under either precision.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -49,3 +52,15 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
             return "bf16", f"auto: the CPU has {' and '.join(flags)}"
         return "fp32", "auto: the CPU has neither AMX nor AVX512-BF16"
     return "fp32", f"no bf16 autocast on {device.type}"
+
+
+def autocast_for(precision: str, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast for a resolved ``precision`` of bf16 on CUDA or a CPU; nothing otherwise."""
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in fp32 when autocast left it in a 16-bit float; fp32 and fp64 unchanged."""
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor

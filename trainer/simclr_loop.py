@@ -32,12 +32,11 @@ from trainer.gradient_cache import gradient_cache_backward
 from trainer.knn import KnnMonitor
 from trainer.log import step_progress
 from trainer.optim import set_learning_rate
-from trainer.precision import resolve_precision
+from trainer.precision import autocast_for, resolve_precision
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 from trainer.simclr_recipe import (
     LearningRateSchedule,
-    autocast_for,
     build_augment,
     build_model,
     build_optimizer,

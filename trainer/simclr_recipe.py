@@ -4,8 +4,6 @@ building the network and optimiser from a config, the learning-rate schedule, an
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 from torch.optim import SGD, Optimizer
@@ -15,6 +13,7 @@ from trainer.contracts.config import SimCLRConfig
 from trainer.data.augment import SimCLRAugment
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups, scaled_learning_rate, warmup_cosine
+from trainer.precision import autocast_for
 
 
 def build_model(config: SimCLRConfig) -> SimCLRNet:
@@ -57,14 +56,6 @@ class LearningRateSchedule:
 
     def __call__(self, step: int) -> float:
         return warmup_cosine(step, self.peak, self.warmup_steps, self.total_steps)
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast for a resolved ``precision`` of bf16 (``trainer.precision``) on CUDA or a
-    CPU; fp32 otherwise."""
-    if precision == "bf16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def use_channels_last(config: SimCLRConfig, device: torch.device) -> bool:

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from trainer.data import augment as augment_module
 from trainer.data.augment import (
     SimCLRAugment,
     adjust_brightness,
@@ -9,8 +10,9 @@ from trainer.data.augment import (
     adjust_hue,
     adjust_saturation,
     gaussian_blur,
+    interpolated_crops,
     sample_crop_boxes,
-    two_crops,
+    sampled_crops,
 )
 
 
@@ -52,6 +54,8 @@ def test_rejects_bad_input():
         augment(torch.zeros(2, 3, 16, 16, dtype=torch.int32))
     with pytest.raises(ValueError, match="sizes"):
         augment(torch.zeros(2, 3, 16, 16), sizes=torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk_size"):
+        SimCLRAugment(16, chunk_size=0)
 
 
 def test_fresh_randomness_per_image_and_per_view():
@@ -112,11 +116,15 @@ def test_crop_boxes_follow_the_paper_ranges():
     boxes = sample_crop_boxes(heights, widths, (0.08, 1.0), (3 / 4, 4 / 3))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     area = w * h / (200 * 300)
+    assert torch.equal(boxes, boxes.round())  # whole pixels, as torchvision's
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
-    assert (boxes[:, 2] <= 300 + 1e-3).all() and (boxes[:, 3] <= 200 + 1e-3).all()
-    assert area.min() >= 0.08 - 1e-4 and area.max() <= 1.0 + 1e-4
+    assert (boxes[:, 2] <= 300).all() and (boxes[:, 3] <= 200).all()
+    # each side rounded to a whole pixel: within half a pixel of the drawn area and aspect
+    assert area.min() >= 0.08 * 0.97 and area.max() <= 1.0
     aspect = w / h
-    assert aspect.min() >= 0.75 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
+    assert aspect.min() >= 0.75 * 0.97 and aspect.max() <= 4 / 3 * 1.03
+    # every position of a box is drawn, the last one included (torchvision: randint(0, W - w + 1))
+    assert ((boxes[:, 2] == 300) & (w < 300)).any() and (boxes[:, 0] == 0).any()
     # the same distribution as torchvision's rule (ten tries, then a centre crop)
     from torchvision.transforms import RandomResizedCrop
 
@@ -130,16 +138,19 @@ def test_crop_boxes_follow_the_paper_ranges():
         ]
     )
     assert area.mean().item() == pytest.approx(reference.mean().item(), abs=0.015)
+    widths_theirs = torch.tensor([RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])[3]
+                                  for _ in range(5000)], dtype=torch.float)  # fmt: skip
+    assert w.mean().item() == pytest.approx(widths_theirs.mean().item(), rel=0.03)
 
 
 def test_crop_boxes_fall_back_to_a_centre_crop():
     boxes = sample_crop_boxes(torch.tensor([4]), torch.tensor([100]), (0.9, 1.0), (3 / 4, 4 / 3))
-    x1, y1, x2, y2 = boxes[0].tolist()
-    assert (y1, y2) == (0, 4)
-    assert x2 - x1 == pytest.approx(4 * 4 / 3) and x1 == pytest.approx((100 - 16 / 3) / 2)
+    # torchvision: h = 4, w = round(4 x 4/3) = 5, centred at (100 - 5) // 2
+    assert boxes[0].tolist() == [47.0, 0.0, 52.0, 4.0]
 
 
-def test_crop_matches_torchvision_resized_crop():
+@pytest.mark.parametrize("crops", [interpolated_crops, sampled_crops])
+def test_crop_matches_torchvision_resized_crop(crops):
     images = torch.rand(2, 3, 30, 40)
     boxes = torch.tensor(
         [
@@ -149,7 +160,7 @@ def test_crop_matches_torchvision_resized_crop():
     )
     flip = torch.tensor([[False, False], [True, False]])
     sizes = torch.tensor([[30, 40], [30, 40]])
-    out = two_crops(images, sizes, boxes, flip, 16)
+    out = crops(images, sizes, boxes, flip, 16)
     assert out.shape == (2, 2, 3, 16, 16)
     for i in range(2):
         for v in range(2):
@@ -162,13 +173,36 @@ def test_crop_matches_torchvision_resized_crop():
             torch.testing.assert_close(out[i, v], expected, atol=1e-5, rtol=0)
 
 
-def test_crops_stay_inside_the_valid_region_of_a_padded_canvas():
+def test_a_uint8_batch_is_cropped_as_its_float_values_within_rounding():
+    images = torch.randint(0, 256, (3, 3, 40, 50), dtype=torch.uint8)
+    sizes = torch.tensor([[40, 50]] * 3)
+    boxes = sample_crop_boxes(
+        sizes[:, 0].repeat(2), sizes[:, 1].repeat(2), (0.08, 1), (0.75, 4 / 3)
+    )
+    flip = torch.rand(3, 2) < 0.5
+    ours = interpolated_crops(images, sizes, boxes.view(3, 2, 4), flip, 24)
+    exact = sampled_crops(images.float() / 255, sizes, boxes.view(3, 2, 4), flip, 24)
+    assert (ours - exact).abs().max() <= 1 / 255 + 1e-6  # fixed-point weights, rounded to a level
+
+
+@pytest.mark.parametrize("size", [32, 48])  # one grid_sample, then crop by crop
+def test_crops_stay_inside_the_valid_region_of_a_padded_canvas(size):
     canvas = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
     canvas[0, :, :20, :30] = 255
     canvas[1, :, :64, :10] = 255
     sizes = torch.tensor([[20, 30], [64, 10]])
-    a, b = SimCLRAugment(32, **only(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))(canvas, sizes)
+    a, b = SimCLRAugment(size, **only(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))(canvas, sizes)
     assert torch.cat([a, b]).min() > 0.999
+
+
+def test_a_crop_box_outside_the_valid_region_is_clamped_to_it():
+    canvas = torch.zeros(1, 1, 40, 40)
+    canvas[0, :, :20, :30] = 1.0
+    boxes = torch.tensor([[[-3.0, -2.0, 45.0, 50.0], [25.0, 15.0, 60.0, 60.0]]])
+    out = interpolated_crops(
+        canvas, torch.tensor([[20, 30]]), boxes, torch.tensor([[False, True]]), 8
+    )
+    assert out.shape == (1, 2, 1, 8, 8) and out.min() == 1.0  # never the padding
 
 
 @pytest.mark.parametrize(
@@ -203,6 +237,21 @@ def test_compiled_equals_eager():
     eager = SimCLRAugment(24)(images, generator=torch.Generator().manual_seed(3))
     compiled = SimCLRAugment(24, compile=True)(images, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [48, 128])  # crop by crop; and colours view by view
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_cpu_paths_equal_the_batched_ones_other_devices_take(size, channels, monkeypatch):
+    images = torch.rand(
+        6, channels, 56, 56
+    )  # (uint8 crops round: test_a_uint8_batch_is_cropped...)
+    sizes = torch.tensor([[56, 56], [30, 50], [56, 20]] * 2)  # images of three sizes on one canvas
+    augment = SimCLRAugment(size, blur=True)
+    cpu = augment(images, sizes, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(SimCLRAugment, "_view_by_view", lambda self, views: False)
+    monkeypatch.setattr(augment_module, "_CROP_BY_CROP_MIN_SIZE", 10**9)
+    batched = augment(images, sizes, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(cpu, batched, atol=1e-4, rtol=0)  # float rounding, hue amplifies it
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

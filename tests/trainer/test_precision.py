@@ -1,18 +1,28 @@
 """``precision: auto``: detected on the worker (CPU flags, CUDA support), forced by fp32 or bf16;
 under bf16 autocast the loss, the weights, the batch-norm statistics and the checkpoints stay fp32,
-and a run resumes under the other precision."""
+and a run resumes under the other precision: SimCLR and every generative kind."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from pydantic import ValidationError
 
+from tests.trainer.test_finetune import finetune_spec
+from tests.trainer.test_generative_jobs import DIGITS, config_of, parameters
 from tests.trainer.test_pretrain import small_config
 from trainer import precision as precision_module
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.precision import cpu_bf16_flags, resolve_precision
+from trainer.contracts.kinds import kinds
+from trainer.finetune import Classifier, finetune_worker
+from trainer.generative.data import load_generative_data
+from trainer.generative.loop import run_generative
+from trainer.generative.tasks import task_of
+from trainer.precision import autocast_for, cpu_bf16_flags, resolve_precision
 from trainer.pretrain import pretrain
+from trainer.session import LocalSession
 from trainer.simclr_recipe import build_augment, build_model, simclr_loss
 
 CPU = torch.device("cpu")
@@ -69,3 +79,94 @@ def test_a_bf16_run_checkpoints_fp32_reports_its_precision_and_resumes_in_fp32(t
     assert resumed.steps == 9 and torch.isfinite(torch.tensor(resumed.final_loss))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert [r["bf16"] for r in records if r["step"] > 4] == [0.0] * 5
+
+
+@pytest.mark.parametrize("kind", [kind for kind in kinds("generate") if kind != "flow"])
+def test_a_generative_step_under_bf16_computes_in_bf16_and_keeps_losses_and_weights_fp32(kind):
+    config = config_of(kind, DIGITS, precision="bf16")
+    data = load_generative_data(config.data, config.image_size, None)
+    torch.manual_seed(0)
+    task = task_of(kind)(config, data, CPU)
+    products = []  # the dtype of every convolution's and linear layer's output
+    for network in task.networks.values():
+        for module in network.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                module.register_forward_hook(lambda m, a, out: products.append(out.dtype))
+    trained = {name: network for name, network in task.networks.items() if name != "ema"}
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in trained.items()}
+    with autocast_for("bf16", CPU):
+        metrics = task.train_step(data.train[:16], step=0)
+    assert products and set(products) == {torch.bfloat16}
+    assert {name: value.dtype for name, value in metrics.items()} == dict.fromkeys(
+        metrics, torch.float32
+    )
+    for network in task.networks.values():
+        assert all(p.dtype == torch.float32 for p in network.parameters())
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in network.parameters())
+    stepped = [name for name, network in trained.items()
+               if not all(map(torch.equal, before[name], network.parameters()))]  # fmt: skip
+    assert stepped  # (diffusevae trains its VAE first, its DDPM after)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "gan"])
+def test_a_generative_bf16_run_checkpoints_fp32_reports_it_and_resumes_in_fp32(kind, tmp_path):
+    bf16 = config_of(kind, DIGITS, precision="bf16", eval_every_steps=100)
+    first = run_generative(kind, bf16, LocalSession(tmp_path), stop_after=2, progress=False)
+    assert first.steps == 2
+    assert all(value.dtype == torch.float32 for value in parameters(tmp_path).values()
+               if value.is_floating_point())  # fmt: skip
+    fp32 = config_of(kind, DIGITS, precision="fp32", eval_every_steps=100)
+    resumed = run_generative(kind, fp32, LocalSession(tmp_path), progress=False)
+    assert resumed.steps == 4
+    assert [(row["step"], row["bf16"]) for row in resumed.history] == [
+        (1, 1.0), (2, 1.0), (3, 0.0), (4, 0.0)]  # fmt: skip
+
+
+def test_a_flow_refuses_bf16_and_runs_fp32_under_auto(tmp_path, monkeypatch):
+    with pytest.raises(ValidationError, match="precision"):
+        config_of("flow", DIGITS, precision="bf16")
+    monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    run = run_generative("flow", config_of("flow", DIGITS), LocalSession(tmp_path), progress=False)
+    assert {row["bf16"] for row in run.history} == {0.0}
+
+
+def test_a_bf16_fine_tuning_computes_logits_in_bf16_and_reports_it(tmp_path):
+    spec = finetune_spec(tmp_path, label_fraction=0.05, epochs=1, batch_size=32, precision="bf16")
+    logits = []
+    original = Classifier.forward
+
+    def recorded(self, views):
+        out = original(self, views)
+        logits.append(out.dtype)
+        return out
+
+    Classifier.forward = recorded
+    try:
+        finetune_worker(spec, LocalSession(tmp_path / "out"))
+    finally:
+        Classifier.forward = original
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").open()]
+    assert [r["bf16"] for r in records] == [1.0]
+    steps = records[0]["step"]  # training in bf16, then the test passes in fp32
+    assert steps >= 2 and logits[:steps] == [torch.bfloat16] * steps
+    assert len(logits) > steps and set(logits[steps:]) == {torch.float32}
+    state = load_checkpoint(latest_checkpoint(tmp_path / "out" / "checkpoints"))
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_bf16_gan_step_scores_the_generator_with_the_critic_just_updated():
+    """Autocast keeps bf16 copies of the weights until its outermost context ends: without
+    dropping them after the critic's update, the generator's loss would see the old critic."""
+    config = config_of("gan", DIGITS, precision="bf16")
+    data = load_generative_data(config.data, config.image_size, None)
+    torch.manual_seed(0)
+    task = task_of("gan")(config, data, CPU)
+    critic, x = task.networks["critic"], data.train[:16]
+    with autocast_for("bf16", CPU):
+        before = critic(x)
+        task.update("critic", -critic(x).mean(), lr=0.1)  # a large step: the critic changes
+        after = critic(x)
+    with autocast_for("bf16", CPU):
+        fresh = critic(x)  # a new context: bf16 copies of the updated weights
+    assert not torch.equal(before, fresh)
+    assert torch.equal(after, fresh)

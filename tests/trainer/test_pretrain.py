@@ -99,9 +99,12 @@ def test_gradient_cache_runs_in_the_loop(tmp_path):
 
 
 def test_channels_last_on_the_cpu_trains_the_same_run(tmp_path):
-    """The layout is a speed choice: the losses and weights of the run do not depend on it."""
-    plain = pretrain(small_config(channels_last=False), tmp_path / "plain", progress=False)
-    fast = pretrain(small_config(channels_last=True), tmp_path / "channels-last", progress=False)
+    """The layout is a speed choice: the losses and weights of the run do not depend on it (in
+    fp32: under bf16 each layout's kernels round differently, by about 1 % of the loss here)."""
+    plain = pretrain(small_config(channels_last=False, precision="fp32"), tmp_path / "plain",
+                     progress=False)  # fmt: skip
+    fast = pretrain(small_config(channels_last=True, precision="fp32"), tmp_path / "channels-last",
+                    progress=False)  # fmt: skip
     assert abs(plain.final_loss - fast.final_loss) < 1e-3
     a, b = (load_checkpoint(r.checkpoint)["backbone"] for r in (plain, fast))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)

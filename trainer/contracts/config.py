@@ -49,6 +49,14 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 EverySteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 KeepCheckpoints = Annotated[int, Field(ge=1, le=MAX_CHECKPOINTS)]
 LearningRate = Annotated[float, Field(gt=0, le=MAX_LR)]
+Precision = Annotated[
+    Literal["auto", "fp32", "bf16"],
+    Field(
+        description="auto: bf16 autocast where the worker's device computes bf16 fast (a CUDA GPU "
+        "with bf16; a CPU with AMX or AVX512-BF16), fp32 elsewhere; weights, losses, optimisers and "
+        "checkpoints stay fp32 (trainer/precision.py)"
+    ),
+]
 
 
 class StrictModel(BaseModel):
@@ -229,12 +237,7 @@ class SimCLRConfig(StrictModel):
         le=1 << 20,
         description="gradient cache: embed at most this many views at a time; exact NT-Xent over the whole batch",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto",
-        description="auto: bf16 autocast where the worker's device computes bf16 fast (a CUDA GPU "
-        "with bf16; a CPU with AMX or AVX512-BF16), fp32 elsewhere; weights, loss, optimiser and "
-        "checkpoints stay fp32 (trainer/precision.py)",
-    )
+    precision: Precision = "auto"
     channels_last: bool | None = Field(
         default=None,
         description="channels-last weights and views; default on CUDA only. On this project's "
@@ -371,6 +374,7 @@ class FinetuneSettings(StrictModel):
     )  # fmt: skip
     base_lr: LearningRate = Field(default=0.05, description="lr = base_lr x B / 256")
     seed: Seed = 0
+    precision: Precision = "auto"
 
 
 class FinetuneConfig(FinetuneSettings, CheckpointTarget):

@@ -26,6 +26,7 @@ from trainer.contracts.config import (
     EverySteps,
     KeepCheckpoints,
     LearningRate,
+    Precision,
     Seed,
     StrictModel,
 )
@@ -76,6 +77,7 @@ class TrainingConfig(StrictModel):
     warmup_steps: WarmupSteps = Field(default=0, description="linear learning-rate warm-up")
     grad_clip: GradClip | None = Field(default=None, description="clip the global gradient norm")
     seed: Seed = 0
+    precision: Precision = "auto"
     log_every_steps: EverySteps = 50
     checkpoint_every_steps: EverySteps = 1_000
     keep_checkpoints: KeepCheckpoints = 2
@@ -203,3 +205,8 @@ class FlowConfig(TrainingConfig):
         default_factory=lambda: ["sigmoidal", "residual"] * 4, min_length=1, max_length=256
     )
     learning_rate: LearningRate = 1e-3
+    precision: Literal["auto", "fp32"] = Field(
+        default="auto",
+        description="fp32 whatever the device: a flow's log-determinants (log|1 + u.psi|, the "
+        "residual layers' power series) lose too much in bf16, and its small layers gain nothing",
+    )

@@ -27,6 +27,7 @@ from trainer.generative.gaussian import (
     gaussian_kl,
     gaussian_log_density,
 )
+from trainer.precision import at_least_fp32
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -125,11 +126,11 @@ class GaussianDiffusion:
         self, eps_model: EpsModel, x0: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """L_simple (Ho et al. eq. 14): || eps - eps_theta(x_t, t) ||^2 averaged over elements,
-        t uniform on 1..T, one draw per example."""
+        t uniform on 1..T, one draw per example; at least in fp32 whatever the model computes in."""
         t_index = torch.randint(0, self.num_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         predicted = eps_model(self.q_sample(x0, t_index, noise), t_index, cond)
-        return (noise - predicted).pow(2).mean()
+        return (noise - at_least_fp32(predicted)).pow(2).mean()
 
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) per example (nats)."""

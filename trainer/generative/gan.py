@@ -17,13 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.precision import at_least_fp32
+
 
 def critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """At least in fp32 whatever the logits' dtype (bf16 under autocast)."""
+    real_logits, fake_logits = at_least_fp32(real_logits), at_least_fp32(fake_logits)
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    return F.softplus(-fake_logits).mean()
+    """At least in fp32 whatever the logits' dtype (bf16 under autocast)."""
+    return F.softplus(-at_least_fp32(fake_logits)).mean()
 
 
 def r1_penalty(critic: nn.Module, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,8 @@
 differs per kind).
 
 Per step: this rank's slice of the global batch (``EpochBatches``: seeded, sharded, resumable at
-any step), the task's optimisation step(s) with gradients averaged over the ranks. Metrics (each
+any step), the task's optimisation step(s) with gradients averaged over the ranks, its forward
+passes under bf16 autocast where the run's precision resolves to bf16 (``trainer.precision``). Metrics (each
 averaged over the ranks) every ``log_every_steps``; a checkpoint every ``checkpoint_every_steps``
 and at the last step, holding every network, optimiser, each rank's RNG state and the metric
 history, so that a resumed run continues exactly where it stopped. At evaluations (default: with
@@ -29,6 +30,7 @@ from trainer.generative.data import GenerativeData, load_generative_data
 from trainer.generative.frechet import ClassifierFeatures, FeatureDistance, InceptionFeatures
 from trainer.generative.tasks import Task, task_of
 from trainer.log import step_progress
+from trainer.precision import autocast_for, resolve_precision
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 
@@ -115,6 +117,10 @@ def run_generative(
     scorers = _feature_distances(config, data, device) if rank == 0 else []
     step, history = 0, []
     torch.manual_seed(config.seed + 1 + rank)  # independent noise on every rank
+    if task.bf16:
+        precision, why = resolve_precision(config.precision, device)
+    else:
+        precision, why = "fp32", f"{kind} computes in fp32 on every device"
     state = session.restore()
     if state is not None:
         for name, network in task.networks.items():
@@ -132,6 +138,7 @@ def run_generative(
             kind, config.data.name, len(data.train), len(data.test), data.dims, config.batch_size,
             world, step, last_step, config.steps, device,
         )  # fmt: skip
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
 
     def checkpoint_state() -> dict | None:
         rngs = all_ranks_rng_states()  # every rank takes part
@@ -164,7 +171,8 @@ def run_generative(
             break
         epoch = step // per_epoch
         x = data.train[torch.tensor(indices)].to(device, non_blocking=True)
-        step_metrics = task.train_step(x, step)
+        with autocast_for(precision, device):  # the task's forward passes; Task.update leaves it
+            step_metrics = task.train_step(x, step)
         step += 1
         window_examples += x.shape[0] * world
         bar.update(1)
@@ -180,6 +188,7 @@ def run_generative(
             "epoch": epoch,
             "lr": task.learning_rate(step - 1),
             "images_per_s": window_examples / (time.perf_counter() - window_start),
+            "bf16": float(precision == "bf16"),
             "time": time.time(),
         }
         if evaluate and rank == 0:

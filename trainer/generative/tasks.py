@@ -55,6 +55,7 @@ class Task:
 
     networks: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
+    bf16: bool = True  # whether ``train_step``'s forward passes may run under bf16 autocast
 
     def __init__(self, config: TrainingConfig, data: GenerativeData, device: torch.device):
         self.config, self.data, self.device = config, data, device
@@ -77,15 +78,20 @@ class Task:
         )
 
     def update(self, name: str, loss: torch.Tensor, lr: float) -> None:
-        """Backward, average the gradients over the ranks, clip, step."""
+        """Backward, average the gradients over the ranks, clip, step: outside any autocast the
+        loop's forward passes run in (gradients and weights are fp32). Autocast's bf16 copies of
+        the weights are then dropped, so that a later forward pass of the same step (the GAN's
+        generator loss through the critic just updated) sees the new weights, as in fp32."""
         optimizer, module = self.optimizers[name], self.networks[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(module.parameters())
-        if self.config.grad_clip:
-            nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        set_learning_rate(optimizer, lr)
-        optimizer.step()
+        with torch.autocast(self.device.type, enabled=False):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(module.parameters())
+            if self.config.grad_clip:
+                nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+            set_learning_rate(optimizer, lr)
+            optimizer.step()
+        torch.clear_autocast_cache()
 
     def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -268,6 +274,8 @@ class GANTask(Task):
 
 
 class FlowTask(Task):
+    bf16 = False  # FlowConfig.precision: the log-determinants stay fp32
+
     def __init__(self, config: FlowConfig, data: GenerativeData, device: torch.device):
         super().__init__(config, data, device)
         self.flow = FlowDensity(data.dims, list(config.layers)).to(device)

@@ -27,6 +27,7 @@ from trainer.generative.gaussian import (
     gaussian_kl,
     gaussian_log_density,
 )
+from trainer.precision import at_least_fp32
 
 
 class VAEModel(Protocol):
@@ -59,10 +60,11 @@ def reparameterise(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def elbo(
     model: VAEModel, x: torch.Tensor, decoder: str, levels: int | None
 ) -> dict[str, torch.Tensor]:
-    """Per-example ``elbo`` = ``reconstruction`` - ``kl`` with one reparameterised ``z`` (nats)."""
-    mean, logvar = model.encode(x)
+    """Per-example ``elbo`` = ``reconstruction`` - ``kl`` with one reparameterised ``z`` (nats),
+    at least in fp32 whatever the networks compute in (bf16 under autocast)."""
+    mean, logvar = (at_least_fp32(part) for part in model.encode(x))
     z = reparameterise(mean, logvar)
-    reconstruction = decoder_log_likelihood(x, model.decode(z), decoder, levels)
+    reconstruction = decoder_log_likelihood(x, at_least_fp32(model.decode(z)), decoder, levels)
     kl = gaussian_kl(mean, logvar).flatten(1).sum(1)
     return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl, "z": z}
 
