@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from services import problems
 from services.dispatcher import Dispatcher
-from services.routes import docs, evaluations, health, internal, jobs
+from services.routes import console, docs, evaluations, health, internal, jobs, kinds
 from services.service import Service
 from services.settings import Settings
 from services.telemetry import LatencyMiddleware
@@ -58,5 +58,7 @@ def create_app(
     app.include_router(docs.router)
     app.include_router(jobs.router)
     app.include_router(evaluations.router)
+    app.include_router(kinds.router)
+    app.include_router(console.router)
     app.include_router(internal.router)
     return app

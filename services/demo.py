@@ -36,6 +36,15 @@ def start_service(port: int, dashboard_port: int, log_path: Path) -> subprocess.
         )  # fmt: skip
 
 
+def stop_service(service: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops ``simclr serve`` (it stops its Ray head), then a kill after 60 s."""
+    service.send_signal(signal.SIGINT)
+    try:
+        service.wait(60)
+    except subprocess.TimeoutExpired:
+        service.kill()
+
+
 def wait_ready(
     client: Client, service: subprocess.Popen, log_path: Path, timeout: float = 180
 ) -> None:
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     client = Client(f"http://127.0.0.1:{port}")
     try:
         wait_ready(client, service, log_path)
-        print(f"ready; Ray dashboard http://127.0.0.1:{dashboard_port}\n", flush=True)
+        print(f"ready; the console http://127.0.0.1:{port}/ui/ (jobs, curves, checkpoints), "
+              f"the Ray dashboard http://127.0.0.1:{dashboard_port}\n", flush=True)  # fmt: skip
         job = client.submit("simclr", config, {"num_workers": args.workers}, "digits demo")
         print(describe(job), "\n", flush=True)
         job = follow(client, job["id"])
@@ -101,11 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         print("\nshutting the service and its Ray head down ...", flush=True)
-        service.send_signal(signal.SIGINT)
-        try:
-            service.wait(60)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        stop_service(service)
 
 
 if __name__ == "__main__":

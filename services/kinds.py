@@ -4,9 +4,11 @@ located in the request."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from trainer.contracts.config import DatasetConfig
 from trainer.contracts.kinds import KINDS
@@ -38,6 +40,24 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], loc: tuple[str,
                 for e in error.errors(include_url=False)
             ]
         ) from None
+
+
+def config_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """Every field of ``model`` as a submission that leaves it out gets it, ready for JSON. A
+    required field has none: a required sub-config (the first model of a union) shows its own
+    fields' defaults, any other required field is None."""
+    defaults: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if not field.is_required():
+            defaults[name] = to_jsonable_python(field.get_default(call_default_factory=True))
+            continue
+        union = get_origin(field.annotation) in (Union, UnionType)
+        models = [
+            member for member in (get_args(field.annotation) if union else (field.annotation,))
+            if isinstance(member, type) and issubclass(member, BaseModel)
+        ]  # fmt: skip
+        defaults[name] = config_defaults(models[0]) if models else None
+    return defaults
 
 
 def dataset_roots(

@@ -99,6 +99,42 @@ class AttemptOut(BaseModel):
     finished_at: UtcDatetime | None
 
 
+class BestScore(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    top1: float
+    protocol: str
+    dataset: str | None = Field(description="the data set the evaluation scored on")
+    checkpoint: str | None
+
+
+class ProgressOut(BaseModel):
+    """How far a job is, from what its workers reported: for a jobs table."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    step: int | None = Field(default=None, description="the newest step its loss was reported at")
+    total_steps: int | None = Field(default=None, description="the step the run ends at")
+    loss: float | None = Field(
+        default=None, description="the newest training loss; null when it is not finite"
+    )
+    eta_seconds: float | None = Field(
+        default=None,
+        description="a running job's time left at its pace over the last tenth of its steps",
+    )
+    best: BestScore | None = Field(
+        default=None, description="the evaluation of its checkpoints with the highest top-1"
+    )
+
+    @classmethod
+    def of(cls, reported: dict[str, Any]) -> ProgressOut:
+        """From ``Store.progress``'s entry for a job."""
+        step, total, pace = (reported.get(k) for k in ("step", "total_steps", "steps_per_s"))
+        eta = max(total - step, 0) / pace if step is not None and total and pace else None
+        return cls(step=step, total_steps=total, loss=reported.get("loss"), eta_seconds=eta,
+                   best=reported.get("best"))  # fmt: skip
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True, allow_inf_nan=False)
 
@@ -114,14 +150,21 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None = None
     source_job_id: str | None = None
     evaluate: list[dict[str, Any]] | None = None
+    progress: ProgressOut | None = Field(
+        default=None, description="in GET /v1/jobs and GET /v1/jobs/{id}: how far it is"
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
     @classmethod
-    def of(cls, job: Any, dashboard_url: str | None) -> JobOut:
+    def of(
+        cls, job: Any, dashboard_url: str | None, progress: dict[str, Any] | None = None
+    ) -> JobOut:
         """``job`` (a ``JobRecord``) as the API shows it, each attempt linked to its Ray job on
-        the dashboard when there is one."""
+        the dashboard when there is one; ``progress``: its entry of ``Store.progress``."""
         out = cls.model_validate(job)
+        if progress is not None:
+            out.progress = ProgressOut.of(progress)
         if dashboard_url:
             for attempt in out.attempts:
                 attempt.dashboard_url = f"{dashboard_url}/#/jobs/{attempt.submission_id}"
@@ -307,6 +350,21 @@ class ArtifactOut(BaseModel):
     size: int = Field(ge=0, le=MAX_INT64)
     created_at: UtcDatetime
     url: str
+
+
+class KindOut(BaseModel):
+    """A kind of job: what ``POST /v1/jobs`` takes as ``kind`` (role ``pretrain`` or ``generate``)
+    or ``/v1/evaluations`` as ``protocol`` (role ``evaluate``), with its config's defaults and
+    JSON schema."""
+
+    name: str
+    role: str
+    protocol: str | None = Field(description="an evaluation kind's protocol name")
+    defaults: dict[str, Any] = Field(
+        description="the config a submission gets for every field it leaves out; a required "
+        "field without a default is null (a required sub-config: its own fields' defaults)"
+    )
+    config_schema: dict[str, Any] = Field(description="the config model's JSON schema")
 
 
 class LogsOut(BaseModel):

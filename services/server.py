@@ -65,8 +65,9 @@ def serve(settings: Settings, app: str = "services.server:app", local_head: bool
         if settings.workers > 1:  # local to this machine, never on a storage others share
             metrics = tempfile.mkdtemp(prefix="simclr-metrics-")
             os.environ[METRICS_ENV] = metrics
-        log.info("serving on %s:%d in %d process(es)", settings.host, settings.port,
-                 settings.workers)  # fmt: skip
+        log.info("serving on %s:%d in %d process(es); the console: http://%s:%d/ui/",
+                 settings.host, settings.port, settings.workers, settings.host,
+                 settings.port)  # fmt: skip
         uvicorn.run(app, factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level="info",
                     access_log=settings.access_log)  # fmt: skip

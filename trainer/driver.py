@@ -46,7 +46,11 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
     keep = getattr(
         spec.config, "keep_checkpoints", None
     )  # None: the kind writes none (linear, kNN)
-    run_kind(spec, RaySession(spec.job_id, loop_config["run_dir"], keep, loop_config.get("stream")))
+    session = RaySession(
+        spec.job_id, loop_config["run_dir"], keep, loop_config.get("stream"),
+        config={"kind": spec.kind, **spec.config.model_dump(mode="json")},
+    )  # fmt: skip
+    run_kind(spec, session)
 
 
 def run_kind(spec: JobSpec, session: TrainingSession) -> None:

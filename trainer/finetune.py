@@ -196,7 +196,8 @@ def fine_tune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        metrics = {"step": (epoch + 1) * steps, "epoch": epoch + 1, "loss": mean_over_ranks(loss),
+        metrics = {"step": (epoch + 1) * steps, "epoch": epoch + 1, "total_steps": epochs * steps,
+                   "loss": mean_over_ranks(loss),
                    "lr": optimizer.param_groups[0]["lr"], "time": time.time(),
                    "bf16": float(precision == "bf16")}  # fmt: skip
         checkpoint = None

@@ -26,6 +26,7 @@ from trainer.checkpoint import RAY_CHECKPOINT_FILE, load_checkpoint, save_atomic
 from trainer.data.sources import BatchSource
 from trainer.global_bn import convert_to_global_batch_norm
 from trainer.reporter import Reporter
+from trainer.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,12 @@ _GAUGES = {
 class RaySession:
     def __init__(
         self, job_id: str, run_dir: str, keep_checkpoints: int | None,
-        stream: dict[str, Any] | None = None,
+        stream: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """``run_dir``: the run's directory on the storage (a path, or a URI for remote storage);
         ``keep_checkpoints``: how many Ray Train keeps (None: the kind keeps none); ``stream``:
-        the Ray Data stream the driver started (``trainer.driver.ray_data_stream``), or None."""
+        the Ray Data stream the driver started (``trainer.driver.ray_data_stream``), or None;
+        ``config``: the job's config, written into its TensorBoard log."""
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -58,6 +60,8 @@ class RaySession:
         local = "://" not in run_dir
         self.metrics_file = Path(run_dir) / "metrics.jsonl" if local and self.rank == 0 else None
         self.reporter = Reporter.from_env(job_id) if self.rank == 0 else None
+        # TensorBoard's writer takes local paths only: a run on remote storage has no event files
+        self.tensorboard = TensorBoardLog(run_dir, config) if local and self.rank == 0 else None
         self._gauges = (
             {
                 name: Gauge(f"simclr_{name}", description, tag_keys=("job_id",))
@@ -68,11 +72,18 @@ class RaySession:
         )
 
     def restore(self) -> dict[str, Any] | None:
+        """The checkpoint's state, or None; the TensorBoard log then drops what an earlier
+        attempt logged after the step the run goes on from."""
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_checkpoint(Path(directory) / RAY_CHECKPOINT_FILE, map_location=self.device)
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                state = load_checkpoint(
+                    Path(directory) / RAY_CHECKPOINT_FILE, map_location=self.device
+                )
+        if self.tensorboard is not None:
+            self.tensorboard.restart_after(int((state or {}).get("step", 0)))
+        return state
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Global batch norm across ranks (the paper's), then DDP through Ray Train."""
@@ -93,6 +104,8 @@ class RaySession:
                 f.write(json.dumps(metrics) + "\n")
         if self.reporter is not None:
             self.reporter.metrics(metrics)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(metrics)
         if state is None:
             ray.train.report(metrics)
             return
@@ -108,6 +121,8 @@ class RaySession:
             )  # fmt: skip
 
     def save_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.image(name, data, content_type)
         if self.reporter is not None:
             self.reporter.artifact(name, data, content_type)
         elif "://" not in self.run_dir:
@@ -141,7 +156,10 @@ class RaySession:
     def close(self) -> None:
         """Rank 0 flushes its reports to the service (for up to ``$SIMCLR_REPORT_FLUSH_S``,
         default 60 s; what is left is logged, and the service backfills metrics and checkpoints
-        from the storage). Never raises; the session stays usable."""
+        from the storage), and its TensorBoard events go onto the disk. Never raises; the
+        session stays usable."""
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
         if self.reporter is None:
             return
         try:

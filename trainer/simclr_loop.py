@@ -196,6 +196,7 @@ def run_simclr(
             metrics = {
                 "step": step,
                 "epoch": epoch,
+                "total_steps": last_step,
                 "loss": loss_value,
                 "lr": lr,
                 "images_per_s": rate,

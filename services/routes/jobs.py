@@ -27,6 +27,7 @@ from services.schemas import (
     LogsOut,
     MetricOut,
 )
+from services.series import downsample
 from services.store.store import NotFound
 from services.submission import scheduled_evaluations, submit
 from trainer.contracts.states import FINISHED_ATTEMPT_STATES
@@ -88,15 +89,18 @@ def list_jobs(
         raise ConfigError(
             [{"loc": ("query", "cursor"), "msg": str(error), "type": "cursor"}]
         ) from None
+    progress = service.store.progress(jobs)
+    url = service.dispatcher.dashboard_url
     return JobPage(
-        items=[JobOut.of(job, service.dispatcher.dashboard_url) for job in jobs],
-        next_cursor=next_cursor,
+        items=[JobOut.of(job, url, progress[job.id]) for job in jobs], next_cursor=next_cursor
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM})
 def get_job(job_id: str, service: ServiceDep) -> JobOut:
-    return JobOut.of(service.store.get_job(job_id), service.dispatcher.dashboard_url)
+    job = service.store.get_job(job_id)
+    progress = service.store.progress([job])[job.id]
+    return JobOut.of(job, service.dispatcher.dashboard_url, progress)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut,
@@ -126,12 +130,28 @@ def job_metrics(
     service: ServiceDep,
     name: Annotated[str | None, Query(max_length=64)] = None,
     after_step: Annotated[int | None, Query(ge=-1, le=MAX_INT32)] = None,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=8,
+            le=100_000,
+            description="at most this many points of each metric, chosen "
+            "to keep the curve's shape (each bucket of steps keeps its lowest and highest)",
+        ),
+    ] = None,
 ) -> list[MetricOut]:
     """The job's metric history (``step``, ``epoch``, ``name``, ``value``), by step. A value is a
     number, or the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` when it is not finite."""
-    return [
-        MetricOut.model_validate(p) for p in service.store.list_metrics(job_id, name, after_step)
-    ]
+    points = service.store.list_metrics(job_id, name, after_step)
+    if max_points is not None:
+        by_name: dict[str, list] = {}
+        for point in points:
+            by_name.setdefault(point.name, []).append(point)
+        points = sorted(
+            (kept for series in by_name.values() for kept in downsample(series, max_points)),
+            key=lambda point: (point.step, point.name),
+        )
+    return [MetricOut.model_validate(point) for point in points]
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=list[CheckpointOut],

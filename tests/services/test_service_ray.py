@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from services.app import create_app
 from services.client import Client
@@ -129,6 +130,20 @@ def test_a_job_runs_through_the_service_and_survives_a_service_restart(
         assert artifact["name"] == "views.png" and png.startswith(b"\x89PNG")
         logs = client.logs(job["id"])
         assert logs["complete"] and f"job {job['id']} finished" in logs["text"]
+    # rank 0's TensorBoard log holds the scalars the service stored, the views and the config
+    events = EventAccumulator(str(Path(settings.run_dir(job["id"]), "tensorboard")),
+                              size_guidance={"scalars": 0})  # fmt: skip
+    events.Reload()
+    for name in ("loss", "lr", "images_per_s"):
+        stored = {m["step"]: m["value"] for m in metrics if m["name"] == name}
+        logged = {e.step: e.value for e in events.Scalars(name)}
+        assert logged.keys() == stored.keys(), name
+        assert list(logged.values()) == pytest.approx(list(stored.values()), rel=1e-6), name
+    assert events.Tags()["images"] == ["views"]
+    assert (
+        '"temperature"'
+        in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    )
 
 
 def test_cancel_stops_the_ray_job_and_its_worker_processes_exit(settings):

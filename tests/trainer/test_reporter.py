@@ -319,6 +319,8 @@ def test_the_ray_sessions_report_and_close_never_raise_from_the_reporter(monkeyp
     session.rank, session.world_size, session.job_id = 0, 1, JOB
     session.run_dir, session.keep_checkpoints = str(tmp_path), 2
     session.metrics_file, session._gauges = tmp_path / "metrics.jsonl", {}
+    # its TensorBoard log too: "png" is no picture, which is logged, never raised
+    session.tensorboard = ray_session.TensorBoardLog(tmp_path)
     for answer in (unreachable, lambda request, call: httpx.Response(400)):
         session.reporter = Service(answer).reporter()
         session.report(row(1, loss=float("nan")))

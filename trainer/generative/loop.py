@@ -186,6 +186,7 @@ def run_generative(
         row |= {
             "step": step,
             "epoch": epoch,
+            "total_steps": config.steps,
             "lr": task.learning_rate(step - 1),
             "images_per_s": window_examples / (time.perf_counter() - window_start),
             "bf16": float(precision == "bf16"),
