@@ -154,15 +154,18 @@ def likelihood_part(budget: float, storage: Path) -> None:
     likelihoods(budget, storage)
 
 
-def precision_part(steps: int, seeds: int, storage: Path) -> None:
-    """Each kind that may compute in bf16, fp32 against bf16 autocast at equal steps and seeds:
-    images/s and the held-out metric at the end (issue 22)."""
+def precision_kinds() -> list[str]:
+    """The kinds that may compute in bf16: all but the flow (FlowConfig.precision: fp32 only)."""
+    return [kind for kind in kinds("generate") if kind != "flow"]
+
+
+def precision_part(steps: int, seeds: int, storage: Path, only_kinds: list[str]) -> None:
+    """Each kind that may compute in bf16 (of ``only_kinds``), fp32 against bf16 autocast at
+    equal steps and seeds: images/s and the held-out metric at the end (issue 22)."""
     torch.set_num_threads(2)
     print(f"| kind | precision | seed | steps | images/s | held-out metric after {steps} steps |")
     print("|---|---|---|---|---|---|")
-    for kind in kinds("generate"):
-        if kind == "flow":  # FlowConfig.precision: fp32 on every device
-            continue
+    for kind in only_kinds:
         for seed in range(seeds):
             for precision in ("fp32", "bf16"):
                 extra = {"seed": seed, "precision": precision, "eval_examples": 100,
@@ -193,11 +196,13 @@ def main() -> None:
     )
     parser.add_argument("--precision-steps", type=int, default=200, help="steps of each run")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the precision part")
+    parser.add_argument("--kinds", nargs="+", choices=precision_kinds(), default=precision_kinds(),
+                        help="the kinds of the precision part")  # fmt: skip
     args = parser.parse_args()
     storage = Path(tempfile.mkdtemp(prefix="generative-bench-"))
     print(f"# {machine_summary()}")
     if args.only == "precision":
-        precision_part(args.precision_steps, args.seeds, storage)
+        precision_part(args.precision_steps, args.seeds, storage, args.kinds)
         return
     if args.only != "scaling":
         likelihood_part(args.budget, storage)

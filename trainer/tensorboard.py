@@ -103,3 +103,14 @@ class TensorBoardLog:
             log.exception("writing TensorBoard events under %s failed; they stop here",
                           self.directory)  # fmt: skip
             self._failed = True
+            self._close_after_failure()
+
+    def _close_after_failure(self) -> None:
+        """What was written before the failure onto the disk, as far as it still goes, and the
+        writer's thread ended."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        except Exception:
+            log.warning("closing the TensorBoard log under %s failed too", self.directory)

@@ -5,6 +5,7 @@ file defines what compose requires."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -188,3 +189,83 @@ def test_gpu_override_reserves_a_gpu(path):
     [device] = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert "nvidia/cuda" in worker["build"]["args"]["BASE_IMAGE"]
+
+
+def test_the_podman_override_replaces_only_what_this_machine_cannot_have():
+    """deploy/smoke.sh starts docker-compose.yml itself; its override swaps images no registry here
+    serves (and the image built locally), leaves Grafana out, and hands Prometheus the API token
+    from a file: nothing else of the topology may differ."""
+    override = load_yaml(ROOT / "deploy" / "local" / "compose.podman.yml")[0]
+    assert set(override["services"]) <= set(compose()["services"])
+    for name, service in override["services"].items():
+        assert set(service) <= {"image", "pull_policy", "profiles"}, name
+    assert override["services"]["grafana"]["profiles"] == ["grafana"]
+    assert set(override["secrets"]) == set(compose()["secrets"])
+    for script in ("deploy/smoke.sh", "deploy/local/postgres-entrypoint.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)  # it parses
+
+
+def test_the_kuberay_manifests_validate_against_the_kubernetes_schemas():
+    """Every built-in resource of deploy/kuberay strictly (no unknown field) against the schemas
+    kubernetes-validate bundles; of the RayCluster, whose CRD schema no registry here serves, the
+    pod template of its head and of every worker group (the containers, volumes and resources)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+    checked = []
+    for doc in manifests():
+        if doc["kind"] == "RayCluster":
+            spec = doc["spec"]
+            for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+                name = group.get("groupName", "head")
+                kubernetes_validate.validate({
+                    "apiVersion": "v1", "kind": "PodTemplate",
+                    "metadata": {"name": f"{doc['metadata']['name']}-{name}"},
+                    "template": group["template"],
+                }, version, strict=True)  # fmt: skip
+                checked.append(f"RayCluster/{name}")
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
+            checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    assert "Deployment/simclr-api" in checked and "RayCluster/head" in checked, checked
+
+
+def strict(schema):
+    """A CRD's structural schema made to refuse unknown fields, as the API server's strict field
+    validation does (an object with ``properties`` and neither ``additionalProperties`` nor
+    ``x-kubernetes-preserve-unknown-fields`` prunes what it does not name)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):  # fmt: skip
+        schema["additionalProperties"] = False
+    return schema
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SIMCLR_KUBERAY_CRDS"),
+    reason="set SIMCLR_KUBERAY_CRDS to KubeRay's ray-operator/config/crd/bases (not vendored)",
+)
+def test_the_raycluster_validates_against_the_kuberay_crd():
+    """The RayCluster strictly against the openAPIV3Schema of the CRD KubeRay's operator installs
+    (its version served for our apiVersion): the whole spec, not only the pod templates."""
+    from jsonschema import Draft7Validator
+
+    crds = {}
+    for path in Path(os.environ["SIMCLR_KUBERAY_CRDS"]).glob("ray.io_*.yaml"):
+        for crd in load_yaml(path):
+            for version in crd["spec"]["versions"]:
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                crds[key] = strict(version["schema"]["openAPIV3Schema"])
+    checked = []
+    for doc in manifests():
+        if doc["apiVersion"].startswith("ray.io/"):
+            errors = sorted(
+                Draft7Validator(crds[doc["apiVersion"], doc["kind"]]).iter_errors(doc),
+                key=lambda error: list(error.absolute_path),
+            )
+            assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+            checked.append(doc["kind"])
+    assert checked == ["RayCluster"]

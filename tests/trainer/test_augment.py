@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -56,6 +60,8 @@ def test_rejects_bad_input():
         augment(torch.zeros(2, 3, 16, 16), sizes=torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk_size"):
         SimCLRAugment(16, chunk_size=0)
+    with pytest.raises(ValueError, match="blur_sigma"):  # a zero sigma would blur into NaN
+        SimCLRAugment(224, blur_sigma=(0.0, 0.0))
 
 
 def test_fresh_randomness_per_image_and_per_view():
@@ -218,6 +224,8 @@ def test_a_crop_box_outside_the_valid_region_is_clamped_to_it():
 def test_colour_operations_match_torchvision(ours, theirs, factor):
     images = torch.rand(3, 3, 17, 19)
     images[0, :, :4] = 0.5  # grey pixels: zero chroma
+    images[1, :2, :4] = 0.8  # red and green tie for the largest channel: red's branch
+    images[2, 1:, :4] = 0.7  # green and blue tie: green's branch
     out = ours(images.clone(), torch.full((3,), factor))
     expected = torch.stack([theirs(image, factor) for image in images])
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
@@ -259,3 +267,50 @@ def test_runs_on_cuda():
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
     a, b = SimCLRAugment(48)(images)
     assert a.is_cuda and b.is_cuda and a.shape == (8, 3, 48, 48)
+
+
+HUGE_PAGES_OF_VIEWS = """
+import re, sys
+import torch
+from trainer.data.augment import empty_views
+
+def huge_pages_kb(tensor):
+    # kB of transparent huge pages in the mappings that overlap the tensor's memory (madvise
+    # splits a mapping at the range it is given)
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    total, overlaps = 0, False
+    for line in open("/proc/self/smaps").read().splitlines():
+        bounds = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if bounds:
+            overlaps = int(bounds[1], 16) < end and start < int(bounds[2], 16)
+        elif overlaps and line.startswith("AnonHugePages:"):
+            total += int(line.split()[1])
+    return total
+
+shape = (int(sys.argv[1]), 2, 3, 224, 224)
+views = empty_views(shape, torch.device("cpu")).fill_(0.5)  # the first touch picks the pages
+plain = torch.empty(shape).fill_(0.5)
+print(huge_pages_kb(views), huge_pages_kb(plain))
+"""
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or not THP.exists() or "[madvise]" not in THP.read_text(),
+    reason="needs Linux with transparent huge pages on request (madvise), as on these machines",
+)
+def test_a_large_batch_of_views_gets_huge_pages_and_a_small_one_none():
+    """In a fresh interpreter (what the allocator serves depends on what it freed before): 36
+    views of 224 px (41 MiB, a mapping of its own) are backed by huge pages and a plain tensor
+    of the same size is not; 8 views (9 MiB, perhaps heap already touched) are not advised."""
+
+    def kb(images: int) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_VIEWS, str(images)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return [int(word) for word in out.split()]
+
+    views, plain = kb(36)
+    assert views >= 36 * 1024 and plain == 0  # most of its 41 MiB, in 2-MiB pages
+    assert kb(8) == [0, 0]
