@@ -128,8 +128,10 @@ class ProgressOut(BaseModel):
 
     @classmethod
     def of(cls, reported: dict[str, Any]) -> ProgressOut:
-        """From ``Store.progress``'s entry for a job."""
+        """From ``Store.progress``'s entry for a job. A reported ``total_steps`` beyond any step a
+        worker may report (2^31 - 1) says nothing: it would make the time left overflow."""
         step, total, pace = (reported.get(k) for k in ("step", "total_steps", "steps_per_s"))
+        total = total if total is not None and total <= MAX_INT32 else None
         eta = max(total - step, 0) / pace if step is not None and total and pace else None
         return cls(step=step, total_steps=total, loss=reported.get("loss"), eta_seconds=eta,
                    best=reported.get("best"))  # fmt: skip

@@ -69,28 +69,46 @@ def test_the_jobs_list_says_how_far_each_job_is_and_its_best_score(api):
     assert api.get(f"/v1/jobs/{first['id']}").json()["progress"]["loss"] == 2.5
 
 
+def received(store, job_id: str, step: int, seconds: float) -> None:
+    """A loss point at ``step``, as if the service received it ``seconds`` after the running
+    attempt started."""
+    started = store.get_job(job_id).attempts[-1].started_at
+    store.add_metrics(job_id, [{"step": step, "epoch": 0, "name": "loss", "value": 1.0}])
+    with store.engine.begin() as connection:
+        connection.execute(update(MetricPoint).where(
+            MetricPoint.job_id == job_id, MetricPoint.step == step,
+        ).values(recorded_at=started + timedelta(seconds=seconds)))  # fmt: skip
+
+
+def test_a_job_reporting_an_absurd_total_leaves_the_jobs_list_working(api):
+    """total_steps is a metric like any other (any finite float): 1e308 steps at a slow pace would
+    make the time left infinite and the list's answer invalid for every job on the page."""
+    job = submit(api).json()
+    store = api.app.state.service.store
+    store.update_attempt(f"{job['id']}-a1", "running", None)
+    report(api, job["id"], [{"step": 1, "epoch": 0, "name": "total_steps", "value": 1e308}])
+    received(store, job["id"], 10, 1.0)
+    received(store, job["id"], 20, 10_001.0)  # 10 steps in 10,000 s
+    response = api.get("/v1/jobs")
+    assert response.status_code == 200, response.text
+    progress = response.json()["items"][0]["progress"]
+    assert progress["step"] == 20 and progress["total_steps"] is None
+    assert progress["eta_seconds"] is None
+
+
 def test_the_time_left_is_the_pace_over_the_last_tenth_of_the_running_attempt(api):
     job = submit(api).json()
     store = api.app.state.service.store
     store.update_attempt(f"{job['id']}-a1", "running", None)
-    started = store.get_job(job["id"]).attempts[-1].started_at
-
-    def received(step: int, seconds: float) -> None:
-        """A loss point at ``step``, as if the service received it ``seconds`` after the start."""
-        store.add_metrics(job["id"], [{"step": step, "epoch": 0, "name": "loss", "value": 1.0}])
-        with store.engine.begin() as connection:
-            connection.execute(update(MetricPoint).where(
-                MetricPoint.job_id == job["id"], MetricPoint.step == step,
-            ).values(recorded_at=started + timedelta(seconds=seconds)))  # fmt: skip
 
     def eta():
         return api.get(f"/v1/jobs/{job['id']}").json()["progress"]["eta_seconds"]
 
     store.add_metrics(job["id"], [{"step": 1, "epoch": 0, "name": "total_steps", "value": 400}])
-    received(100, -30)  # before this attempt started (an earlier attempt's)
-    received(200, 60)
+    received(store, job["id"], 100, -30)  # before this attempt started (an earlier attempt's)
+    received(store, job["id"], 200, 60)
     assert eta() is None  # the last tenth's start is not this attempt's
-    received(100, 10)  # reported again by this attempt: 100 steps in 50 s
+    received(store, job["id"], 100, 10)  # reported again by this attempt: 100 steps in 50 s
     assert eta() == pytest.approx(100.0)  # (400 - 200) steps at 2 steps/s
     store.update_attempt(f"{job['id']}-a1", "succeeded", None)
     assert eta() is None  # an ended job has no time left
