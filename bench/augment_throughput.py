@@ -27,6 +27,14 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--layout",
+        choices=["channels_last", "nchw"],
+        default="channels_last",
+        help="memory layout of our uint8 batch: channels_last is what the folder loader and Ray "
+        "Data give (decoded images are height x width x channels); nchw, what the in-memory "
+        "datasets hold, costs ours a conversion of each crop",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     from lightly.transforms import SimCLRTransform
@@ -45,7 +53,10 @@ def main() -> None:
         .to(torch.uint8)
     )
     pil_images = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in batch]
-    device_batch = batch.to(args.device)
+    memory_format = (
+        torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    )
+    device_batch = batch.to(args.device).contiguous(memory_format=memory_format)
 
     lightly_transform = SimCLRTransform(input_size=args.size, normalize=None)
 
@@ -71,7 +82,10 @@ def main() -> None:
             work()
     rates = interleaved_rates(contenders, args.rounds)
     baseline = median(rates["lightly SimCLRTransform (PIL)"])
-    print(f"# {machine_summary()}; device {args.device}; {args.source}px -> {args.size}px, blur on")
+    print(
+        f"# {machine_summary()}; device {args.device}; {args.source}px -> {args.size}px, blur on;"
+        f" our batch {args.layout}"
+    )
     print("| pipeline | views/s (median) | min-max | ratio to lightly |")
     print("|---|---|---|---|")
     for name, values in rates.items():

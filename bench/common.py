@@ -10,14 +10,30 @@ from collections.abc import Callable
 
 import torch
 
+_VECTOR_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # the widest first
+
 
 def machine_summary() -> str:
+    """The CPU a figure was taken on: model, family and model number, its widest vector and bf16
+    instructions (AVX2, AVX-512, AVX512-BF16, AMX differ by 2-6x on these benchmarks), cores,
+    torch and threads."""
     cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    if "model name" in fields:
+        cpu = fields["model name"]
+        if "cpu family" in fields and "model" in fields:
+            cpu += f" (family {fields['cpu family']} model {fields['model']})"
+    flags = set(fields.get("flags", "").split())
+    vector = [flag for flag in _VECTOR_FLAGS if flag in flags]
+    if vector:
+        cpu += ", " + " ".join(vector)
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 

@@ -9,11 +9,12 @@ from torchvision.transforms.v2 import functional as TF
 from trainer.data import augment as augment_module
 from trainer.data.augment import (
     SimCLRAugment,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
+    adjust_brightness_,
+    adjust_contrast_,
+    adjust_hue_,
+    adjust_saturation_,
     gaussian_blur,
+    gaussian_blur_view_,
     interpolated_crops,
     sample_crop_boxes,
     sampled_crops,
@@ -214,11 +215,12 @@ def test_a_crop_box_outside_the_valid_region_is_clamped_to_it():
 @pytest.mark.parametrize(
     "ours, theirs, factor",
     [
-        (adjust_brightness, TF.adjust_brightness, 1.4),
-        (adjust_contrast, TF.adjust_contrast, 0.3),
-        (adjust_saturation, TF.adjust_saturation, 1.7),
-        (adjust_hue, TF.adjust_hue, 0.17),
-        (adjust_hue, TF.adjust_hue, -0.2),
+        (adjust_brightness_, TF.adjust_brightness, 1.4),
+        (adjust_contrast_, TF.adjust_contrast, 0.3),
+        (adjust_saturation_, TF.adjust_saturation, 1.7),
+        # hue shifts across the wrap of each channel's sextant (red, green, blue: n - 1 + 6 shift
+        # a multiple of 6 at 1/3, 2/3 and 0) and at both ends of torchvision's range
+        *[(adjust_hue_, TF.adjust_hue, s) for s in (0.17, -0.2, 0.0, 1 / 3, -1 / 3, 0.5, -0.5)],
     ],
 )
 def test_colour_operations_match_torchvision(ours, theirs, factor):
@@ -238,6 +240,27 @@ def test_blur_matches_torchvision():
     for i in range(2):
         expected = TF.gaussian_blur(images[i], [11, 11], [sigma[i].item()] * 2)
         torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sigma, radius", [(0.1, 1), (0.7, 3), (1.9, 8), (2.0, 2)])
+def test_the_blur_of_one_view_matches_torchvision(sigma, radius):
+    view = torch.rand(3, 21, 26)
+    expected = TF.gaussian_blur(view, [2 * radius + 1] * 2, [sigma] * 2)
+    assert gaussian_blur_view_(view, sigma, radius) is view  # in place
+    torch.testing.assert_close(view, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_crops_do_not_depend_on_the_batch_layout_and_flip_exactly(layout):
+    images = torch.randint(0, 256, (3, 3, 40, 50), dtype=torch.uint8)
+    sizes = torch.tensor([[40, 50], [31, 50], [40, 22]])
+    boxes = torch.tensor([[[0.0, 0.0, 50.0, 40.0], [7.0, 3.0, 30.0, 25.0]]] * 3)
+    flip = torch.tensor([[False, True], [True, False], [True, True]])
+    out = interpolated_crops(images.contiguous(memory_format=layout), sizes, boxes, flip, 24)
+    assert torch.equal(out[0, 0], TF.resize(images[0], [24, 24], antialias=False).float() / 255)
+    unflipped = interpolated_crops(images, sizes, boxes, torch.zeros_like(flip), 24)
+    expected = torch.where(flip[..., None, None, None], unflipped.flip(-1), unflipped)
+    assert torch.equal(out, expected)  # a uint8 crop flipped, then resized: the same values
 
 
 def test_compiled_equals_eager():

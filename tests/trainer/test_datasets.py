@@ -83,6 +83,9 @@ def test_collate_pads_to_a_canvas_and_keeps_sizes():
     assert batch.images.shape == (2, 3, 7, 6)
     assert batch.sizes.tolist() == [[4, 6], [7, 2]]
     assert batch.images[0, :, 4:].sum() == 0 and batch.images[1, :, :, 2:].sum() == 0
+    assert batch.images[0, :, :4].eq(9).all() and batch.images[1, :, :, :2].eq(9).all()
+    # the decoders' layout, which the augmentation's crop-by-crop resize reads without converting
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_missing_torchvision_sets_say_where_they_looked(tmp_path):

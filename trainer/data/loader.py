@@ -96,7 +96,11 @@ def epoch_samplers(
 
 
 def collate_padded(items: list[tuple[torch.Tensor | UnreadableImage, int]]) -> Batch:
-    """Stack images of different sizes at the top-left of a zero canvas; drop unreadable ones."""
+    """Stack images of different sizes at the top-left of a zero canvas; drop unreadable ones.
+
+    The canvas is channels-last in memory, the layout the decoder gives each image (height, width,
+    channels): copying into it is a straight copy, and the augmentation's crop-by-crop resize
+    reads it without a conversion (``trainer.data.augment.interpolated_crops``)."""
     kept = [(image, label) for image, label in items if isinstance(image, torch.Tensor)]
     skipped = len(items) - len(kept)
     if not kept:
@@ -104,7 +108,8 @@ def collate_padded(items: list[tuple[torch.Tensor | UnreadableImage, int]]) -> B
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), empty, empty.view(0, 2), skipped)
     sizes = torch.tensor([list(image.shape[-2:]) for image, _ in kept])
     height, width = sizes.max(dim=0).values.tolist()
-    canvas = torch.zeros(len(kept), kept[0][0].shape[0], height, width, dtype=torch.uint8)
+    canvas = torch.zeros(len(kept), height, width, kept[0][0].shape[0], dtype=torch.uint8)
+    canvas = canvas.permute(0, 3, 1, 2)
     for i, (image, _) in enumerate(kept):
         canvas[i, :, : image.shape[1], : image.shape[2]] = image
     return Batch(canvas, torch.tensor([label for _, label in kept]), sizes, skipped)
