@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import tarfile
 import tempfile
 import time
@@ -343,6 +344,32 @@ def time_to_reach(ours: list, lightly: list) -> str:
             f"{seconds / lightly_seconds:.2f}x lightly's {lightly_seconds:.0f} s")  # fmt: skip
 
 
+def top1_at(points: list, seconds: float) -> float:
+    """A run's top-1 at ``seconds`` of training, linear between its scored checkpoints
+    ``[(seconds, step, result)]``; ``seconds`` must lie within them."""
+    times = [s for s, _, _ in points]
+    if not times[0] <= seconds <= times[-1]:
+        raise ValueError(f"{seconds:.0f} s is outside the scored {times[0]:.0f}-{times[-1]:.0f} s")
+    for (s0, _, r0), (s1, _, r1) in itertools.pairwise(points):
+        if s0 <= seconds <= s1:
+            return (
+                r0.top1 if s1 == s0 else r0.top1 + (r1.top1 - r0.top1) * (seconds - s0) / (s1 - s0)
+            )
+    return points[-1][2].top1
+
+
+def at_equal_time(ours: list, lightly: list) -> str:
+    """Both runs' top-1 at the end of the shorter one: each run's length is planned from a few
+    steps timed before its clock starts, so on a machine whose speed drifts the two budgets
+    differ, and the final checkpoints compare unequal training times."""
+    seconds = min(ours[-1][0], lightly[-1][0])
+    if seconds < max(ours[0][0], lightly[0][0]):
+        return "at equal time: the runs' scored checkpoints do not overlap"
+    a, b = top1_at(ours, seconds), top1_at(lightly, seconds)
+    return (f"at equal time ({seconds:.0f} s, the shorter run's end; linear between scored "
+            f"checkpoints): ours {a:.2f}, lightly {b:.2f}: {a - b:+.2f} points")  # fmt: skip
+
+
 def plot(path: Path, title: str, curves: dict, floors: dict) -> None:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -417,14 +444,18 @@ def main() -> None:
     )
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--plot-from", type=Path, nargs="+",
-                        help="only plot the tables of these saved outputs (later ones win)")  # fmt: skip
+                        help="only read back these saved outputs (later ones win): the "
+                             "comparison at equal time, and the plot with --plot")  # fmt: skip
     args = parser.parse_args()
     if args.plot_from:
         curves, floors = curves_from_logs(args.plot_from)
         title = (
             f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on 2 threads"
         )
-        plot(args.plot, title, curves, floors)
+        if {"ours", "lightly"} <= curves.keys():
+            print(at_equal_time(curves["ours"], curves["lightly"]))
+        if args.plot:
+            plot(args.plot, title, curves, floors)
         return
     print(f"# {machine_summary()}", flush=True)
     precision, why = resolve_precision(args.precision, torch.device("cpu"))
@@ -479,6 +510,7 @@ def main() -> None:
         print(f"ours - lightly: {final['ours'] - final['lightly']:+.2f} points; "
               f"ours - random init: {final['ours'] - random_init.top1:+.2f} points")  # fmt: skip
         print(time_to_reach(curves["ours"], curves["lightly"]))
+        print(at_equal_time(curves["ours"], curves["lightly"]))
     if args.plot:
         title = f"{args.data}, {args.backbone}, batch {args.batch}, {args.budget:.0f} s on {torch.get_num_threads()} threads"
         plot(
