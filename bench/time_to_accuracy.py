@@ -23,8 +23,9 @@ Each run's length in steps is set from its own step time, measured over a few st
 clock starts, so that its cosine schedule ends with the budget; checkpoints at ``--points`` even
 fractions of it are scored afterwards (the probe's time is not in the budget): fast-mode features
 of the centre view, the linear classifier of ``trainer.linear_classifier`` (90 epochs).
-Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, and when ours first
-reached lightly's final top-1 against lightly's time to it.
+Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, when ours first
+reached lightly's final top-1 against lightly's time to it, and both runs' top-1 at equal time (the
+end of the shorter run: on a VM whose speed drifts, the planned budgets come out unequal).
 Ours runs in the product's default precision (``auto``: bf16 autocast on a CPU with AMX or
 AVX512-BF16, ``trainer.precision``), lightly in fp32 as it does by default; ``--precision`` forces
 ours'. The quality check of bf16 at equal steps runs ours alone for a fixed number of epochs:
@@ -346,7 +347,8 @@ def time_to_reach(ours: list, lightly: list) -> str:
 
 def top1_at(points: list, seconds: float) -> float:
     """A run's top-1 at ``seconds`` of training, linear between its scored checkpoints
-    ``[(seconds, step, result)]``; ``seconds`` must lie within them."""
+    ``[(seconds, step, result)]``, in any order; ``seconds`` must lie within them."""
+    points = sorted(points, key=lambda point: point[0])
     times = [s for s, _, _ in points]
     if not times[0] <= seconds <= times[-1]:
         raise ValueError(f"{seconds:.0f} s is outside the scored {times[0]:.0f}-{times[-1]:.0f} s")
@@ -362,8 +364,10 @@ def at_equal_time(ours: list, lightly: list) -> str:
     """Both runs' top-1 at the end of the shorter one: each run's length is planned from a few
     steps timed before its clock starts, so on a machine whose speed drifts the two budgets
     differ, and the final checkpoints compare unequal training times."""
-    seconds = min(ours[-1][0], lightly[-1][0])
-    if seconds < max(ours[0][0], lightly[0][0]):
+    ends = [max(s for s, _, _ in run) for run in (ours, lightly)]
+    starts = [min(s for s, _, _ in run) for run in (ours, lightly)]
+    seconds = min(ends)
+    if seconds < max(starts):
         return "at equal time: the runs' scored checkpoints do not overlap"
     a, b = top1_at(ours, seconds), top1_at(lightly, seconds)
     return (f"at equal time ({seconds:.0f} s, the shorter run's end; linear between scored "
@@ -454,6 +458,10 @@ def main() -> None:
         )
         if {"ours", "lightly"} <= curves.keys():
             print(at_equal_time(curves["ours"], curves["lightly"]))
+        else:
+            print(
+                f"no equal-time comparison: the outputs hold {sorted(curves)}, not ours and lightly"
+            )
         if args.plot:
             plot(args.plot, title, curves, floors)
         return

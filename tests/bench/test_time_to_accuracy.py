@@ -21,6 +21,7 @@ def test_top1_is_linear_between_checkpoints_and_refuses_to_extrapolate():
     assert top1_at(run, 450) == pytest.approx(54.5)
     with pytest.raises(ValueError, match="outside"):
         top1_at(run, 501)
+    assert top1_at(run[::-1], 200) == pytest.approx(45.0)  # tables read back in any order
 
 
 def test_unequal_budgets_are_compared_at_the_shorter_runs_end():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -18,6 +19,7 @@ from tests.distributed import run_driver_process
 from trainer.contracts.config import DatasetConfig, SimCLRConfig
 from trainer.data.pack import pack, read_manifest
 from trainer.data.ray_data import decode_batch, epoch_order, epoch_plan
+from trainer.data.sources import SyntheticSource
 from trainer.session import LocalSession
 from trainer.simclr_loop import run_simclr
 
@@ -147,6 +149,15 @@ def test_synthetic_input_trains_without_reading_anything(tmp_path):
     })  # fmt: skip
     result = run_simclr(config, LocalSession(tmp_path / "run"), progress=False)
     assert result.steps == 4 and np.isfinite(result.final_loss)
+
+
+def test_synthetic_batches_are_laid_out_as_the_real_loaders_give_them():
+    config = DatasetConfig(name="imagenet", root="/absent", loader="synthetic", max_side=40)
+    batch = next(SyntheticSource(config, 4, torch.device("cpu"), seed=0).batches(0))
+    assert batch.images.shape == (4, 3, 40, 40) and batch.images.dtype == torch.uint8
+    # the folder loader's and Ray Data's layout, so the ceiling pays no conversion the real paths skip
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)
+    assert ((batch.sizes >= 20) & (batch.sizes <= 40)).all()
 
 
 # -- on Ray --------------------------------------------------------------------------------------

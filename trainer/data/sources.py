@@ -56,7 +56,8 @@ class IndexedSource:
 
 class SyntheticSource:
     """Uniform-noise images on ``canvas`` x ``canvas`` with valid sizes between half the canvas and
-    all of it (photo folders), or full small images (the small sets)."""
+    all of it (photo folders), or full small images (the small sets); channels-last in memory, as
+    decoded images come from the folder loader and Ray Data."""
 
     def __init__(self, config: DatasetConfig, local_batch: int, device: torch.device, seed: int):
         photo = config.name in ("imagenet", "imagefolder", "packed")
@@ -67,12 +68,12 @@ class SyntheticSource:
         self.generator = torch.Generator(device).manual_seed(seed)
 
     def batches(self, start_step: int) -> Iterator[Batch]:
-        shape = (self.local_batch, 3, self.canvas, self.canvas)
+        shape = (self.local_batch, self.canvas, self.canvas, 3)
         labels = torch.zeros(self.local_batch, dtype=torch.long, device=self.device)
         while True:
             images = torch.randint(
                 0, 256, shape, dtype=torch.uint8, device=self.device, generator=self.generator
-            )
+            ).permute(0, 3, 1, 2)
             sizes = None
             if self.photo:
                 low = self.canvas // 2
