@@ -128,10 +128,11 @@ class ProgressOut(BaseModel):
 
     @classmethod
     def of(cls, reported: dict[str, Any]) -> ProgressOut:
-        """From ``Store.progress``'s entry for a job. A reported ``total_steps`` beyond any step a
-        worker may report (2^31 - 1) says nothing: it would make the time left overflow."""
+        """From ``Store.progress``'s entry for a job. A reported ``total_steps`` that is no step a
+        worker may report (1 to 2^31 - 1) says nothing: beyond it the time left would overflow,
+        below it a run would end before it started."""
         step, total, pace = (reported.get(k) for k in ("step", "total_steps", "steps_per_s"))
-        total = total if total is not None and total <= MAX_INT32 else None
+        total = total if total is not None and 1 <= total <= MAX_INT32 else None
         eta = max(total - step, 0) / pace if step is not None and total and pace else None
         return cls(step=step, total_steps=total, loss=reported.get("loss"), eta_seconds=eta,
                    best=reported.get("best"))  # fmt: skip

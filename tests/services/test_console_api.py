@@ -94,6 +94,9 @@ def test_a_job_reporting_an_absurd_total_leaves_the_jobs_list_working(api):
     progress = response.json()["items"][0]["progress"]
     assert progress["step"] == 20 and progress["total_steps"] is None
     assert progress["eta_seconds"] is None
+    report(api, job["id"], [{"step": 2, "epoch": 0, "name": "total_steps", "value": -1e300}])
+    progress = api.get("/v1/jobs").json()["items"][0]["progress"]
+    assert progress["total_steps"] is None and progress["eta_seconds"] is None
 
 
 def test_the_time_left_is_the_pace_over_the_last_tenth_of_the_running_attempt(api):
