@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,12 @@ import httpx
 from trainer.contracts.states import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# An idle connection is dropped before uvicorn's 5 s keep-alive ends: a request sent on one the
+# server is closing at that moment is lost without an answer.
+KEEPALIVE_EXPIRY_S = 2.0
+# The connection dropped before any answer came: the request may or may not have been handled.
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class ApiError(RuntimeError):
@@ -36,12 +43,34 @@ class Client:
         url = url or os.environ.get("SIMCLR_URL", DEFAULT_URL)
         token = token or os.environ.get("SIMCLR_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.http = http or httpx.Client(
+            base_url=url, headers=headers, timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        )  # fmt: skip
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, sent once more on a fresh connection when the connection dropped before
+        any answer (a kept-alive one the server closed as the request went out, a restart) and
+        sending it twice does what sending it once does: a GET, or a request with an
+        ``Idempotency-Key``."""
+        try:
+            return self.http.request(method, path, **kwargs)
+        except DROPPED:
+            if method not in SAFE_METHODS and "Idempotency-Key" not in kwargs.get("headers", {}):
+                raise
+        return self.http.request(method, path, **kwargs)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The response; ``ApiError`` with the problem's detail for a 4xx or 5xx."""
+        """The response; ``ApiError`` with the problem's detail for a 4xx or 5xx, status 0 when
+        no answer came."""
         try:
-            response = self.http.request(method, path, **kwargs)
+            response = self._send(method, path, **kwargs)
+        except DROPPED:
+            raise ApiError(
+                0,
+                f"{method} {path}: {self.http.base_url} closed the connection without an "
+                "answer (is the service restarting? see its log)",
+            ) from None
         except httpx.ConnectError:
             raise ApiError(
                 0, f"no service at {self.http.base_url} (start one: simclr serve)"
@@ -75,8 +104,7 @@ class Client:
             body["resources"] = resources
         if evaluate:
             body["evaluate"] = evaluate
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call("POST", "/v1/jobs", json=body, headers=headers)
+        return self._call("POST", "/v1/jobs", json=body, headers=_keyed(idempotency_key))
 
     def evaluate(
         self,
@@ -91,7 +119,7 @@ class Client:
                                 "dataset": dataset, "config": config or {}}  # fmt: skip
         if resources:
             body["resources"] = resources
-        return self._call("POST", "/v1/evaluations", json=body)
+        return self._call("POST", "/v1/evaluations", json=body, headers=_keyed(None))
 
     def evaluation(self, evaluation_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/evaluations/{evaluation_id}")
@@ -174,3 +202,9 @@ class Client:
             if job["status"] in TERMINAL and chunk["complete"]:
                 return
             time.sleep(poll_s)
+
+
+def _keyed(idempotency_key: str | None) -> dict[str, str]:
+    """The headers of a request that creates something: its ``Idempotency-Key``, a fresh one when
+    none is given, so that sending it again after a dropped connection creates nothing twice."""
+    return {"Idempotency-Key": idempotency_key or f"client:{uuid.uuid4()}"}
