@@ -29,7 +29,8 @@ test: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -m "not fault"
 
-# Fault injection: a Ray head killed mid-run, a database cut for 30 s (a few minutes).
+# Fault injection: a Ray head killed mid-run, a Ray Train worker killed, a database cut for 30 s
+# (several minutes on 2 cores).
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -m fault
 

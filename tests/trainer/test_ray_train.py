@@ -69,6 +69,7 @@ def final_state(storage: Path, job_id: str, step: int) -> dict:
     return load_checkpoint(storage / job_id / f"step-{step:08d}" / RAY_CHECKPOINT_FILE)
 
 
+@pytest.mark.fault  # about 3 minutes on 2 cores: make test-slow
 def test_two_workers_survive_a_killed_worker_and_match_an_uninterrupted_run(ray_cluster, tmp_path):
     storage = tmp_path / "storage"
     straight = run(digits_spec("straight", storage))
