@@ -16,8 +16,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # An idle connection is dropped before uvicorn's 5 s keep-alive ends: a request sent on one the
 # server is closing at that moment is lost without an answer.
 KEEPALIVE_EXPIRY_S = 2.0
-# The connection dropped before any answer came: the request may or may not have been handled.
-DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# The connection dropped before a complete answer: the request may or may not have been handled.
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -50,7 +50,7 @@ class Client:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The response, sent once more on a fresh connection when the connection dropped before
-        any answer (a kept-alive one the server closed as the request went out, a restart) and
+        a complete answer (a kept-alive one the server closed as the request went out, a restart) and
         sending it twice does what sending it once does: a GET, or a request with an
         ``Idempotency-Key``."""
         try:
@@ -68,8 +68,8 @@ class Client:
         except DROPPED:
             raise ApiError(
                 0,
-                f"{method} {path}: {self.http.base_url} closed the connection without an "
-                "answer (is the service restarting? see its log)",
+                f"{method} {path}: {self.http.base_url} closed the connection without a "
+                "complete answer (is the service restarting? see its log)",
             ) from None
         except httpx.ConnectError:
             raise ApiError(

@@ -53,6 +53,7 @@ class DroppingServer:
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
 
     def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of _serve, which returns
         self.listener.close()
 
 
@@ -63,18 +64,23 @@ def server(request):
     server.close()
 
 
-@pytest.mark.parametrize("server", [{2}], indirect=True)
-def test_a_get_on_a_connection_the_server_dropped_is_sent_again_on_a_fresh_one(server):
+@pytest.fixture
+def client(server):
     client = Client(server.url)
+    yield client
+    client.http.close()
+
+
+@pytest.mark.parametrize("server", [{2}], indirect=True)
+def test_a_get_on_a_connection_the_server_dropped_is_sent_again_on_a_fresh_one(server, client):
     assert client.job("job-1") == JOB
     assert client.job("job-1") == JOB  # the kept-alive connection drops it: sent again
     assert [line for line, _ in server.requests] == ["GET /v1/jobs/job-1 HTTP/1.1"] * 3
-    assert server.connections == 2
+    assert server.connections >= 2
 
 
 @pytest.mark.parametrize("server", [{2}], indirect=True)
-def test_a_submission_is_sent_again_with_the_same_idempotency_key(server):
-    client = Client(server.url)
+def test_a_submission_is_sent_again_with_the_same_idempotency_key(server, client):
     client.job("job-1")
     assert client.submit("simclr", {}) == JOB
     (_, first), (_, again) = server.requests[1:]
@@ -85,21 +91,20 @@ def test_a_submission_is_sent_again_with_the_same_idempotency_key(server):
 
 
 @pytest.mark.parametrize("server", [{2}], indirect=True)
-def test_a_cancel_is_never_sent_twice(server):
-    client = Client(server.url)
+def test_a_cancel_is_never_sent_twice(server, client):
     client.job("job-1")
     with pytest.raises(ApiError) as error:
         client.cancel("job-1")
     assert error.value.status == 0
     assert "POST /v1/jobs/job-1/cancel" in error.value.detail
-    assert "closed the connection without an answer" in error.value.detail
+    assert "closed the connection without a complete answer" in error.value.detail
     assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize("server", [{1, 2}], indirect=True)
-def test_a_server_that_keeps_dropping_is_a_clear_error_after_one_more_try(server):
+def test_a_server_that_keeps_dropping_is_a_clear_error_after_one_more_try(server, client):
     with pytest.raises(ApiError) as error:
-        Client(server.url).job("job-1")
+        client.job("job-1")
     assert error.value.status == 0
     assert "GET /v1/jobs/job-1" in error.value.detail
     assert len(server.requests) == 2

@@ -88,7 +88,9 @@ class Console:
         while not self.server.started:
             assert time.monotonic() < deadline, "the API did not start"
             time.sleep(0.05)
-        self.api = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"})
+        # a connection per request: none kept alive for the server to close as one goes out
+        self.api = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                limits=httpx.Limits(max_keepalive_connections=0))  # fmt: skip
 
     def submit(self, name: str, config: dict | None = None) -> dict:
         response = self.api.post("/v1/jobs", json={"kind": "simclr", "config": config or DIGITS,
