@@ -50,8 +50,8 @@ class Client:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The response, sent once more on a fresh connection when the connection dropped before
-        a complete answer (a kept-alive one the server closed as the request went out, a restart) and
-        sending it twice does what sending it once does: a GET, or a request with an
+        a complete answer (a kept-alive one the server closed as the request went out, a restart)
+        and sending it twice does what sending it once does: a GET, or a request with an
         ``Idempotency-Key``."""
         try:
             return self.http.request(method, path, **kwargs)

@@ -113,6 +113,10 @@ def test_idempotency_key_same_body_200_different_body_409(api):
     assert again.headers["location"] == first.headers["location"]
     assert_problem(submit(api, {**DIGITS, "max_steps": 3}, headers=headers), 409, "7f1c")
     assert len(api.get("/v1/jobs").json()["items"]) == 1
+    # the client now sends a key with every submission: one past the column's 200 is refused
+    assert submit(api, headers={"Idempotency-Key": "k" * 200}).status_code == 202
+    assert_problem(submit(api, headers={"Idempotency-Key": "k" * 201}), 422, "idempotency")
+    assert len(api.get("/v1/jobs").json()["items"]) == 2
 
 
 def test_dataset_roots_must_lie_under_the_data_roots(api, tmp_path):
