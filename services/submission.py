@@ -5,7 +5,8 @@ A job's config is validated as its kind's model (``services.kinds``), its data p
 the data roots (``services.data_roots``) and its workers checked against what the cluster can
 place; then the job and its first attempt are written, and the attempt is submitted to Ray once
 the response is sent (the reconciler submits it on its next pass if that fails). A request
-repeated with the same ``Idempotency-Key`` finds the job the first one wrote.
+repeated with the same ``Idempotency-Key`` finds the job the first one wrote
+(``earlier_submission``), before any of those checks runs again.
 """
 
 from __future__ import annotations
@@ -43,14 +44,10 @@ def submit(
     response; or find the one an earlier request with ``idempotency_key`` wrote (``False``).
     ``config_loc``: where the config sits in the request, for errors about its paths; ``evaluate``:
     the evaluations the job asks for (``scheduled_evaluations``)."""
-    if idempotency_key is not None and idempotency_key.startswith(SCHEDULED_KEY_PREFIX):
-        raise HTTPException(
-            422, f"Idempotency-Key: the prefix {SCHEDULED_KEY_PREFIX!r} is the service's own"
-        )
+    check_key(idempotency_key)
     config = confine_config(config, service.settings.data_roots, config_loc)
     resources_json = resources.model_dump(mode="json")
     check_capacity(service, resources_json)
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True)
     job, created = service.store.create_job(
         kind=kind,
         name=name,
@@ -58,7 +55,7 @@ def submit(
         resources=resources_json,
         max_attempts=max_attempts or service.settings.max_attempts,
         idempotency_key=idempotency_key,
-        request_hash=hashlib.sha256(f"{location} {canonical}".encode()).hexdigest(),
+        request_hash=request_hash(location, request),
         source_job_id=source_job_id,
         evaluate=evaluate,
     )
@@ -67,6 +64,33 @@ def submit(
             background, service.reconciler.submit, job.attempts[-1].submission_id
         )
     return job, created
+
+
+def earlier_submission(
+    service: Service, request: BaseModel, location: str, idempotency_key: str | None
+) -> JobRecord | None:
+    """The job an earlier ``request`` to ``location`` with ``idempotency_key`` wrote, or None.
+    Looked up before the request is validated again: a client resending a submission whose answer
+    it lost must find its job even where the cluster shrank, the data roots moved or the source job
+    of an evaluation went since. ``Conflict`` (409) for a key used with another request."""
+    check_key(idempotency_key)
+    if idempotency_key is None:
+        return None
+    return service.store.job_by_idempotency_key(idempotency_key, request_hash(location, request))
+
+
+def check_key(idempotency_key: str | None) -> None:
+    """Refuse a client's key in the namespace of the service's own (``SCHEDULED_KEY_PREFIX``)."""
+    if idempotency_key is not None and idempotency_key.startswith(SCHEDULED_KEY_PREFIX):
+        raise HTTPException(
+            422, f"Idempotency-Key: the prefix {SCHEDULED_KEY_PREFIX!r} is the service's own"
+        )
+
+
+def request_hash(location: str, request: BaseModel) -> str:
+    """What identifies a request for its idempotency key: where it was posted and its body."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(f"{location} {canonical}".encode()).hexdigest()
 
 
 def check_capacity(service: Service, resources: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ GENERATIVE = ("tests/trainer/test_generative_math.py",)
 KNN = ("tests/trainer/test_knn.py",)
 FINETUNE = ("tests/trainer/test_finetune.py",)
 SCHEDULED = ("tests/services/test_scheduled_evaluations.py",)
+IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -131,6 +132,17 @@ MUTANTS = (
     Mutant("scheduled evaluations: at-end items for any ended job", "services/scheduled.py",
            'due = checkpoints[-1:] if job.status == "succeeded" else []',
            "due = checkpoints[-1:] if job.status in TERMINAL else []", SCHEDULED),
+    Mutant("idempotent submission: a resent job checked again before its key is looked up",
+           "services/routes/jobs.py",
+           'job, created = earlier_submission(service, body, "/v1/jobs", idempotency_key), False',
+           "job, created = None, False", IDEMPOTENT),
+    Mutant("idempotent submission: a resent evaluation checked again first",
+           "services/routes/evaluations.py",
+           'job, created = earlier_submission(service, body, "/v1/evaluations", idempotency_key), False',
+           "job, created = None, False", IDEMPOTENT),
+    Mutant("idempotent submission: a key's job returned for another request",
+           "services/store/store.py", "if found and found[0].request_hash != request_hash:",
+           "if False:", IDEMPOTENT),
 )  # fmt: skip
 
 

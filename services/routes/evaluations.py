@@ -14,7 +14,12 @@ from services.routes.deps import ServiceDep
 from services.schemas import EvaluationCreate, EvaluationOut
 from services.scores import evaluations_of
 from services.store.store import NotFound
-from services.submission import evaluation_config, evaluation_name, submit
+from services.submission import (
+    earlier_submission,
+    evaluation_config,
+    evaluation_name,
+    submit,
+)
 from trainer.contracts.kinds import kinds
 
 router = APIRouter(prefix="/v1", tags=["evaluations"], dependencies=[Depends(require_api_token)])
@@ -32,14 +37,17 @@ def create_evaluation(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> EvaluationOut:
     """Resolve the checkpoint (``latest`` or a name from ``/v1/jobs/{id}/checkpoints``), validate
-    the data and the settings, write the evaluation, then submit it to Ray."""
-    source, kind, config = evaluation_config(service, body)
-    job, created = submit(
-        service, background, body, "/v1/evaluations", kind=kind.name, config=config,
-        config_loc=(), resources=body.resources, idempotency_key=idempotency_key,
-        name=body.name or evaluation_name(kind, source.name, config.checkpoint),
-        source_job_id=source.id,
-    )  # fmt: skip
+    the data and the settings, write the evaluation, then submit it to Ray; or answer with the
+    evaluation an earlier request with this key wrote."""
+    job, created = earlier_submission(service, body, "/v1/evaluations", idempotency_key), False
+    if job is None:
+        source, kind, config = evaluation_config(service, body)
+        job, created = submit(
+            service, background, body, "/v1/evaluations", kind=kind.name, config=config,
+            config_loc=(), resources=body.resources, idempotency_key=idempotency_key,
+            name=body.name or evaluation_name(kind, source.name, config.checkpoint),
+            source_job_id=source.id,
+        )  # fmt: skip
     response.headers["Location"] = f"/v1/evaluations/{job.id}"
     if not created:
         response.status_code = 200

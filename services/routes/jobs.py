@@ -29,7 +29,7 @@ from services.schemas import (
 )
 from services.series import downsample
 from services.store.store import NotFound
-from services.submission import scheduled_evaluations, submit
+from services.submission import earlier_submission, scheduled_evaluations, submit
 from trainer.contracts.states import FINISHED_ATTEMPT_STATES
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_token)])
@@ -58,14 +58,16 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Validate the config against its kind (and each evaluation it asks for), write the job,
-    then submit it to Ray."""
-    config = validate_config(body.kind, body.config)
-    job, created = submit(
-        service, background, body, "/v1/jobs", kind=body.kind, config=config,
-        config_loc=("config",), resources=body.resources, name=body.name,
-        max_attempts=body.max_attempts, idempotency_key=idempotency_key,
-        evaluate=scheduled_evaluations(service, body, config),
-    )  # fmt: skip
+    then submit it to Ray; or answer with the job an earlier request with this key wrote."""
+    job, created = earlier_submission(service, body, "/v1/jobs", idempotency_key), False
+    if job is None:
+        config = validate_config(body.kind, body.config)
+        job, created = submit(
+            service, background, body, "/v1/jobs", kind=body.kind, config=config,
+            config_loc=("config",), resources=body.resources, name=body.name,
+            max_attempts=body.max_attempts, idempotency_key=idempotency_key,
+            evaluate=scheduled_evaluations(service, body, config),
+        )  # fmt: skip
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200

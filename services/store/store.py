@@ -135,7 +135,7 @@ class Store:
         requests with one key create one job: the key is unique in the table."""
         for _ in range(5):
             if idempotency_key is not None:
-                existing = self._by_idempotency_key(idempotency_key, request_hash)
+                existing = self.job_by_idempotency_key(idempotency_key, request_hash)
                 if existing is not None:
                     return existing, False
             job_id = new_job_id()
@@ -156,7 +156,9 @@ class Store:
                 continue  # the key was taken meanwhile (re-read it) or the id collided (new one)
         raise RuntimeError("could not create the job: repeated database conflicts")
 
-    def _by_idempotency_key(self, key: str, request_hash: str | None) -> JobRecord | None:
+    def job_by_idempotency_key(self, key: str, request_hash: str | None) -> JobRecord | None:
+        """The job created with ``key``, or None; ``Conflict`` when it was created for another
+        request (``request_hash``)."""
         found = self._records(select(Job.id).where(Job.idempotency_key == key))
         if found and found[0].request_hash != request_hash:
             raise Conflict(f"Idempotency-Key {key!r} was already used for a different request "

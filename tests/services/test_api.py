@@ -17,10 +17,12 @@ INTERNAL = "internal-secret"
 
 
 class CapacityDispatcher(NoopDispatcher):
-    """One node with 4 CPUs and no GPU."""
+    """One node with ``cpus`` CPUs (4 unless changed) and no GPU."""
+
+    cpus = 4.0
 
     def capacity(self):
-        return [{"CPU": 4.0, "memory": 8e9}]
+        return [{"CPU": self.cpus, "memory": 8e9}]
 
 
 def make_client(
@@ -139,6 +141,23 @@ def test_resources_the_cluster_can_never_place_are_rejected(database_url, tmp_pa
         assert_problem(submit(api, resources={"num_workers": 5}), 422, "at most 4 workers")
         assert_problem(submit(api, resources={"num_workers": 1, "use_gpu": True}), 422, "GPU")
         assert_problem(submit(api, resources={"cpus_per_worker": 8}), 422, "largest node")
+
+
+def test_a_resent_submission_finds_its_job_though_the_cluster_shrank_since(database_url, tmp_path):
+    """The client resends a submission whose answer it lost: its key must find the job before
+    the request is checked again against a cluster that can no longer place it."""
+    dispatcher = CapacityDispatcher()
+    with make_client(database_url, tmp_path, dispatcher) as api:
+        headers = {"Idempotency-Key": "client:lost-answer"}
+        first = submit(api, headers=headers, resources={"num_workers": 4})
+        assert first.status_code == 202
+        dispatcher.cpus = 2.0
+        again = submit(api, headers=headers, resources={"num_workers": 4})
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        # a new request is checked: the same body under another key is refused now
+        assert_problem(submit(api, headers={"Idempotency-Key": "client:new"},
+                              resources={"num_workers": 4}), 422, "at most 2 workers")  # fmt: skip
+        assert_problem(submit(api, headers={"Idempotency-Key": "scheduled:x"}), 422, "prefix")
 
 
 def test_auth_when_a_token_is_set(database_url, tmp_path):
@@ -365,6 +384,25 @@ def test_evaluations_resolve_the_checkpoint_and_run_as_their_own_job(api):
                                                      "config": {"epochs": 3}}), 422, "config.epochs")  # fmt: skip
     assert_problem(api.post("/v1/evaluations", json={"job_id": job_id, "protocol": "byol"}),
                    422, "protocol")  # fmt: skip
+
+
+def test_a_resent_evaluation_finds_its_job_though_its_checkpoint_was_pruned_since(api):
+    job_id = submit(api).json()["id"]
+    report_checkpoint(api, job_id, 2)
+    body, headers = {"job_id": job_id, "checkpoint": "step-00000002"}, {"Idempotency-Key": "e1"}
+    first = api.post("/v1/evaluations", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    for step in (4, 6):  # keep 2: step 2 is pruned
+        report_checkpoint(api, job_id, step)
+    again = api.post("/v1/evaluations", json=body, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == f"/v1/evaluations/{first.json()['id']}"
+    assert_problem(api.post("/v1/evaluations", json=body, headers={"Idempotency-Key": "e2"}),
+                   409, "pruned")  # fmt: skip
+    # the key's job is found only for the request it was made for, at the place it was posted
+    assert_problem(api.post("/v1/evaluations", json={**body, "protocol": "knn"}, headers=headers),
+                   409, "e1")  # fmt: skip
+    assert_problem(submit(api, headers=headers), 409, "e1")
 
 
 def test_evaluation_errors(api, tmp_path):
