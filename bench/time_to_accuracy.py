@@ -20,9 +20,11 @@ The recipe is the paper's CIFAR one (colour strength 0.5, no blur, temperature 0
 the product's default square-root lr scaling (0.075 x sqrt(256) = 1.2; ``--lr-scaling linear`` for
 the paper's main-text 0.3 x B/256).
 Each run's length in steps is set from its own step time, measured over a few steps before the
-clock starts, so that its cosine schedule ends with the budget; checkpoints at ``--points`` even
-fractions of it are scored afterwards (the probe's time is not in the budget): fast-mode features
-of the centre view, the linear classifier of ``trainer.linear_classifier`` (90 epochs).
+clock starts, so that its cosine schedule ends with the budget (``train_steps``: not rounded to
+whole epochs, which at a few epochs per budget cost one contender up to an epoch of its time);
+checkpoints at ``--points`` even fractions of it are scored afterwards (the probe's time is not
+in the budget): fast-mode features of the centre view, the linear classifier of
+``trainer.linear_classifier`` (90 epochs).
 Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, when ours first
 reached lightly's final top-1 against lightly's time to it, and both runs' top-1 at equal time (the
 end of the shorter run: on a VM whose speed drifts, the planned budgets come out unequal).
@@ -184,12 +186,12 @@ def run_ours(
     scratch: Path,
     epochs: int | None = None,
 ):
-    """Ours for ``epochs`` (default: as many whole epochs as ``budget`` seconds hold)."""
+    """Ours for ``epochs`` (default: as many steps as ``budget`` seconds hold, ``train_steps``)."""
     step_time = ours_step_time(config, train)
     per_epoch = steps_per_epoch(len(train), config.batch_size)
-    epochs = epochs or max(1, int(budget / step_time) // per_epoch)
-    every = max(1, epochs * per_epoch // points)
-    config = config.model_copy(update={"epochs": epochs, "checkpoint_every_steps": every})
+    steps = epochs * per_epoch if epochs else budget_steps(budget, step_time)
+    every = -(-steps // points)  # ceil: the last of ``points`` checkpoints is the run's end
+    config = config.model_copy(update={"train_steps": steps, "checkpoint_every_steps": every})
     timeline = Timeline()
 
     def backbone_of(state):
@@ -197,9 +199,16 @@ def run_ours(
         net.load_state_dict(state["backbone"])
         return net
 
-    session = TimedSession(scratch / "ours", timeline, backbone_of, every, epochs * per_epoch)
+    session = TimedSession(scratch / "ours", timeline, backbone_of, every, steps)
     result = run_simclr(config, session, dataset=train, progress=False)
     return timeline, result.steps, time.perf_counter() - session.start, step_time
+
+
+def budget_steps(budget: float, step_time: float) -> int:
+    """The steps ``budget`` seconds hold at ``step_time`` each: every contender's schedule spans
+    exactly its own (``train_steps``), not whole epochs, which at a few epochs per budget would
+    leave up to an epoch of one contender's budget unused."""
+    return max(1, int(budget / step_time))
 
 
 def ours_breakdown(
@@ -287,9 +296,9 @@ def run_lightly(
         optimizer.step()
     step_time = (time.perf_counter() - start) / probe_steps
     model, loader, loss_fn, optimizer = lightly_parts(config, train, workers)  # fresh start
-    epochs = max(1, int(budget / step_time) // per_epoch)
-    schedule = LearningRateSchedule(config.model_copy(update={"epochs": epochs}), per_epoch)
-    total, every = epochs * per_epoch, max(1, epochs * per_epoch // points)
+    total = budget_steps(budget, step_time)
+    schedule = LearningRateSchedule(config.model_copy(update={"train_steps": total}), per_epoch)
+    every = -(-total // points)
     timeline = Timeline()
     breakdown = {"data + augmentation": 0.0, "forward + backward": 0.0, "optimiser": 0.0}
     step, start = 0, time.perf_counter()
@@ -472,8 +481,9 @@ def main() -> None:
         scratch = Path(temporary)
         train, test, size = load_split(args.data, scratch)
         config = recipe(args, size)
+        length = f"{args.epochs} epochs" if args.epochs else f"budget {args.budget:.0f} s"
         print(f"# {args.data}: {len(train)} pretraining / probe-train images, {len(test)} test; "
-              f"{args.backbone}, batch {args.batch}, budget {args.budget:.0f} s", flush=True)  # fmt: skip
+              f"{args.backbone}, batch {args.batch}, {length}", flush=True)  # fmt: skip
 
         torch.manual_seed(config.seed)
         random_init = probe(build_model(config).backbone, train, test, size)

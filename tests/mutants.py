@@ -46,6 +46,7 @@ KNN = ("tests/trainer/test_knn.py",)
 FINETUNE = ("tests/trainer/test_finetune.py",)
 SCHEDULED = ("tests/services/test_scheduled_evaluations.py",)
 IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
+RUN_LENGTH = ("tests/trainer/test_pretrain.py", "tests/trainer/test_input_pipeline.py")
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -143,6 +144,11 @@ MUTANTS = (
     Mutant("idempotent submission: a key's job returned for another request",
            "services/store/store.py", "if found and found[0].request_hash != request_hash:",
            "if False:", IDEMPOTENT),
+    Mutant("train_steps: the schedule still spans epochs", "trainer/simclr_recipe.py",
+           "self.total_steps = config.schedule_steps(steps_per_epoch)",
+           "self.total_steps = config.epochs * steps_per_epoch", RUN_LENGTH),
+    Mutant("train_steps: the Ray Data stream holds only epochs", "trainer/driver.py",
+           "epochs = config.data_epochs(per_epoch)", "epochs = config.epochs", RUN_LENGTH),
 )  # fmt: skip
 
 

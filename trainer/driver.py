@@ -115,9 +115,10 @@ def ray_data_stream(spec: JobSpec, run_dir: str) -> tuple[dict[str, Any], dict[s
     _, images = read_shards(config.dataset, roots=spec.data_roots)
     per_epoch = steps_per_epoch(images, config.batch_size)
     # a finished run relaunched still gets its last epoch: the loop then has nothing left to do
-    start_epoch = min(latest_step(run_dir) // per_epoch, config.epochs - 1)
+    epochs = config.data_epochs(per_epoch)
+    start_epoch = min(latest_step(run_dir) // per_epoch, epochs - 1)
     stream = training_stream(
-        config.dataset, config.batch_size, config.seed, start_epoch, config.epochs,
+        config.dataset, config.batch_size, config.seed, start_epoch, epochs,
         roots=spec.data_roots,
     )  # fmt: skip
     log.info(

@@ -46,13 +46,14 @@ def build_optimizer(model: nn.Module, config: SimCLRConfig) -> Optimizer:
 
 
 class LearningRateSchedule:
-    """Per-iteration learning rate: the config's scaled peak, linear warm-up, cosine decay to 0."""
+    """Per-iteration learning rate: the config's scaled peak, linear warm-up, cosine decay to 0
+    at ``config.schedule_steps`` (``epochs``, or ``train_steps`` where given)."""
 
     def __init__(self, config: SimCLRConfig, steps_per_epoch: int):
         opt = config.optimizer
         self.peak = scaled_learning_rate(opt.resolved_base_lr, config.batch_size, opt.lr_scaling)
         self.warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
-        self.total_steps = config.epochs * steps_per_epoch
+        self.total_steps = config.schedule_steps(steps_per_epoch)
 
     def __call__(self, step: int) -> float:
         return warmup_cosine(step, self.peak, self.warmup_steps, self.total_steps)

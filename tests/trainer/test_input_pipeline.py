@@ -168,7 +168,7 @@ def streaming_config(root: Path, **overrides) -> dict:
         "dataset": {"name": "packed", "root": str(root), "loader": "ray_data", "max_side": 32,
                     "image_size": 16, "log_indices": True},
         "backbone": {"name": "small_cnn", "width": 8}, "head": {"hidden_dim": 16, "out_dim": 8},
-        "batch_size": 8, "epochs": 2, "log_every_steps": 1, "optimizer": {"warmup_epochs": 0},
+        "batch_size": 8, "epochs": 1, "log_every_steps": 1, "optimizer": {"warmup_epochs": 0},
         "augment": {"strength": 0.5, "blur": False}, **overrides,
     }  # fmt: skip
 
@@ -189,13 +189,14 @@ def test_simclr_streams_packed_shards_through_the_api_and_resumes_mid_epoch_on_t
 ):
     """A 9-step run through the service on 2 workers, then the same run in two driver processes
     (as the service relaunches one), stopped at step 3 and resumed mid-epoch: 48 images / 8 = 6
-    steps per epoch, so both go into the second epoch."""
+    steps per epoch, so both go into the second epoch, which the stream must hold though
+    ``epochs`` is 1 (``train_steps`` 9 overrides it)."""
     from services.client import Client
     from tests.services.test_service_ray import ServiceThread
 
     client = Client(f"http://127.0.0.1:{settings.port}")
     with ServiceThread(settings):
-        job = client.submit("simclr", streaming_config(packed, max_steps=9), {"num_workers": 2},
+        job = client.submit("simclr", streaming_config(packed, train_steps=9), {"num_workers": 2},
                             "streamed")  # fmt: skip
         done = client.wait(job["id"])
         assert done["status"] == "succeeded", done["error"]
@@ -203,7 +204,8 @@ def test_simclr_streams_packed_shards_through_the_api_and_resumes_mid_epoch_on_t
         assert {"loss", "images_per_s"} <= {m["name"] for m in client.metrics(job["id"])}
 
     def run(max_steps: int) -> None:
-        spec = {"job_id": "resumed", "config": streaming_config(packed, max_steps=max_steps),
+        spec = {"job_id": "resumed",
+                "config": streaming_config(packed, train_steps=9, max_steps=max_steps),
                 "resources": {"num_workers": 2}, "storage_path": str(tmp_path / "runs")}  # fmt: skip
         run_driver_process(spec, ray_head.gcs_address)
 

@@ -73,6 +73,26 @@ def test_max_steps_caps_the_run_but_not_the_schedule(tmp_path):
     assert result.learning_rates == [LearningRateSchedule(small_config(), 3)(s) for s in range(2)]
 
 
+def test_train_steps_sets_the_schedule_and_the_run_length_over_epochs(tmp_path):
+    """7 steps at 3 a epoch (the official code's --train_steps): the cosine ends at step 7, not
+    at the 9 of ``epochs``, and the third epoch is read in part; max_steps still only stops."""
+    config = small_config(train_steps=7, checkpoint_every_steps=2)
+    assert (config.schedule_steps(3), config.data_epochs(3)) == (7, 3)
+    assert (small_config().schedule_steps(3), small_config().data_epochs(3)) == (9, 3)
+    assert small_config(train_steps=10).data_epochs(3) == 4
+    schedule = LearningRateSchedule(config, steps_per_epoch=3)
+    assert schedule.total_steps == 7 and schedule.warmup_steps == 3
+    result = pretrain(config, tmp_path / "run", progress=False)
+    assert result.steps == 7
+    assert result.learning_rates == [schedule(s) for s in range(7)]
+    # 3/4 of the way down the cosine, where the 9 steps of ``epochs`` would be halfway
+    assert result.learning_rates[-1] < 0.5 * LearningRateSchedule(small_config(), 3)(6)
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert saved[-1] == "step-00000007.pt"
+    capped = pretrain(small_config(train_steps=7, max_steps=2), tmp_path / "capped", progress=False)
+    assert capped.learning_rates == result.learning_rates[:2]
+
+
 def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
     from tests.trainer.test_datasets import write_tree
 

@@ -224,11 +224,20 @@ class SimCLRConfig(StrictModel):
         default=4096, ge=2, le=MAX_BATCH, description="GLOBAL batch of images (2x views)"
     )
     epochs: int = Field(default=100, ge=1, le=MAX_EPOCHS)
+    train_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="the run's length in steps, overriding epochs (the official code's "
+        "--train_steps): the warm-up + cosine schedule ends here, and the data is read for as "
+        "many epochs as these steps need",
+    )
     max_steps: int | None = Field(
         default=None,
         ge=1,
         le=MAX_STEPS,
-        description="stop after this many steps (smoke runs); the schedule still spans all epochs",
+        description="stop after this many steps (smoke runs); the schedule still spans all "
+        "epochs (or train_steps)",
     )
     temperature: float = Field(default=0.1, gt=0, le=100)
     chunk_size: int | None = Field(
@@ -251,6 +260,15 @@ class SimCLRConfig(StrictModel):
     )
     keep_checkpoints: KeepCheckpoints = 2
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        """The steps the learning-rate schedule spans: ``train_steps``, else ``epochs`` of
+        ``steps_per_epoch`` (the official code's ``get_train_steps``, without its extra step)."""
+        return self.train_steps or self.epochs * steps_per_epoch
+
+    def data_epochs(self, steps_per_epoch: int) -> int:
+        """The epochs of data the schedule reads, the last one maybe in part."""
+        return -(-self.schedule_steps(steps_per_epoch) // steps_per_epoch)
 
     @model_validator(mode="after")
     def _monitor_can_read(self) -> SimCLRConfig:
