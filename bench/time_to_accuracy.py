@@ -22,9 +22,9 @@ the paper's main-text 0.3 x B/256).
 Each run's length in steps is set from its own step time, measured over a few steps before the
 clock starts, so that its cosine schedule ends with the budget (``train_steps``: not rounded to
 whole epochs, which at a few epochs per budget cost one contender up to an epoch of its time);
-checkpoints at ``--points`` even fractions of it are scored afterwards (the probe's time is not
-in the budget): fast-mode features of the centre view, the linear classifier of
-``trainer.linear_classifier`` (90 epochs).
+checkpoints every ``ceil(steps / --points)`` steps and at the end are scored afterwards (the
+probe's time is not in the budget): fast-mode features of the centre view, the linear classifier
+of ``trainer.linear_classifier`` (90 epochs).
 Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, when ours first
 reached lightly's final top-1 against lightly's time to it, and both runs' top-1 at equal time (the
 end of the shorter run: on a VM whose speed drifts, the planned budgets come out unequal).
@@ -460,6 +460,8 @@ def main() -> None:
                         help="only read back these saved outputs (later ones win): the "
                              "comparison at equal time, and the plot with --plot")  # fmt: skip
     args = parser.parse_args()
+    if args.epochs and args.only != "ours":
+        parser.error("--epochs sets ours' length alone: give --only ours (lightly runs --budget)")
     if args.plot_from:
         curves, floors = curves_from_logs(args.plot_from)
         title = (

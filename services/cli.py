@@ -125,12 +125,12 @@ def describe_evaluation(evaluation: dict[str, Any]) -> str:
 
 def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
     """A progress bar of the job's steps (loss, learning rate and the monitor's kNN top-1 beside
-    it, each as last reported) until it finishes."""
+    it, each as last reported) until it finishes, out of the total its workers report (so with an
+    ETA), or, before they report one, the total its config states (``total_steps``)."""
     job = client.job(job_id)
-    total = job["config"].get("max_steps")
     last_step = 0
     shown: dict[str, float] = {}
-    with tqdm(total=total, unit="step", desc=job_id, dynamic_ncols=True) as bar:
+    with tqdm(total=total_steps(job), unit="step", desc=job_id, dynamic_ncols=True) as bar:
         while True:
             points = client.metrics(job_id, after_step=last_step)
             if points:
@@ -141,10 +141,21 @@ def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
                 shown.update({k: latest[k] for k in ("loss", "lr", "knn_top1") if k in latest})
                 bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
             job = client.job(job_id)
+            if total_steps(job) != bar.total:
+                bar.total = total_steps(job)
             bar.set_description(f"{job_id} [{job['status']}]")
             if job["status"] in TERMINAL:
                 return job
             time.sleep(poll_s)
+
+
+def total_steps(job: dict[str, Any]) -> int | None:
+    """The step a job ends at: the newest its workers reported (``progress.total_steps``), else
+    the fewer of its config's ``train_steps`` and ``max_steps`` that it sets, else unknown (a run
+    of ``epochs`` before its workers have counted the data)."""
+    reported = (job.get("progress") or {}).get("total_steps")
+    stated = [job["config"].get(name) for name in ("train_steps", "max_steps")]
+    return reported or min((steps for steps in stated if steps), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,10 +41,10 @@ def submit(
     evaluate: list[dict[str, Any]] | None = None,
 ) -> tuple[JobRecord, bool]:  # fmt: skip
     """Write the job ``request`` (a body posted to ``location``) asks for and submit it after the
-    response; or find the one an earlier request with ``idempotency_key`` wrote (``False``).
-    ``config_loc``: where the config sits in the request, for errors about its paths; ``evaluate``:
-    the evaluations the job asks for (``scheduled_evaluations``)."""
-    check_key(idempotency_key)
+    response; or find the one a concurrent request with ``idempotency_key`` wrote (``False``).
+    Called after ``earlier_submission``, which refuses a key of the service's own. ``config_loc``:
+    where the config sits in the request, for errors about its paths; ``evaluate``: the
+    evaluations the job asks for (``scheduled_evaluations``)."""
     config = confine_config(config, service.settings.data_roots, config_loc)
     resources_json = resources.model_dump(mode="json")
     check_capacity(service, resources_json)
@@ -71,20 +71,17 @@ def earlier_submission(
 ) -> JobRecord | None:
     """The job an earlier ``request`` to ``location`` with ``idempotency_key`` wrote, or None.
     Looked up before the request is validated again: a client resending a submission whose answer
-    it lost must find its job even where the cluster shrank, the data roots moved or the source job
-    of an evaluation went since. ``Conflict`` (409) for a key used with another request."""
-    check_key(idempotency_key)
+    it lost must find its job even where the cluster shrank, the data roots moved or the checkpoint
+    an evaluation names was pruned since. ``Conflict`` (409) for a key used with another request;
+    422 for a key in the namespace of the service's own (``SCHEDULED_KEY_PREFIX``), before the
+    lookup, so that no client learns of those jobs through a key."""
     if idempotency_key is None:
         return None
-    return service.store.job_by_idempotency_key(idempotency_key, request_hash(location, request))
-
-
-def check_key(idempotency_key: str | None) -> None:
-    """Refuse a client's key in the namespace of the service's own (``SCHEDULED_KEY_PREFIX``)."""
-    if idempotency_key is not None and idempotency_key.startswith(SCHEDULED_KEY_PREFIX):
+    if idempotency_key.startswith(SCHEDULED_KEY_PREFIX):
         raise HTTPException(
             422, f"Idempotency-Key: the prefix {SCHEDULED_KEY_PREFIX!r} is the service's own"
         )
+    return service.store.job_by_idempotency_key(idempotency_key, request_hash(location, request))
 
 
 def request_hash(location: str, request: BaseModel) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from trainer.contracts.config import MAX_EPOCHS
 from trainer.contracts.kinds import KINDS
 from trainer.contracts.ray_auth import use_token_auth_when_available
 from trainer.contracts.spec import JobSpec
@@ -116,6 +117,11 @@ def ray_data_stream(spec: JobSpec, run_dir: str) -> tuple[dict[str, Any], dict[s
     per_epoch = steps_per_epoch(images, config.batch_size)
     # a finished run relaunched still gets its last epoch: the loop then has nothing left to do
     epochs = config.data_epochs(per_epoch)
+    if epochs > MAX_EPOCHS:  # the plan holds every epoch's blocks
+        raise ValueError(
+            f"train_steps {config.train_steps} at {per_epoch} steps an epoch of these shards is "
+            f"{epochs} epochs of data; at most {MAX_EPOCHS}"
+        )
     start_epoch = min(latest_step(run_dir) // per_epoch, epochs - 1)
     stream = training_stream(
         config.dataset, config.batch_size, config.seed, start_epoch, epochs,

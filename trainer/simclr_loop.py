@@ -119,6 +119,12 @@ def run_simclr(
         restore_rank_rng(state["rng"], rank, world, config.seed, step)
         log.info("rank %d resumed at step %d", rank, step)
 
+    if rank == 0 and schedule.warmup_steps >= schedule.total_steps:
+        log.warning(
+            "the warm-up (%d steps) is not shorter than the schedule (%d steps): the learning "
+            "rate only rises; give fewer warmup_epochs or more epochs or train_steps",
+            schedule.warmup_steps, schedule.total_steps,
+        )  # fmt: skip
     last_step = min(schedule.total_steps, config.max_steps or math.inf)
     if stop_after is not None:
         last_step = min(last_step, step + stop_after)

@@ -145,7 +145,8 @@ def test_resources_the_cluster_can_never_place_are_rejected(database_url, tmp_pa
 
 def test_a_resent_submission_finds_its_job_though_the_cluster_shrank_since(database_url, tmp_path):
     """The client resends a submission whose answer it lost: its key must find the job before
-    the request is checked again against a cluster that can no longer place it."""
+    the request is checked again against a cluster that can no longer place it, or data roots
+    that no longer hold its data."""
     dispatcher = CapacityDispatcher()
     with make_client(database_url, tmp_path, dispatcher) as api:
         headers = {"Idempotency-Key": "client:lost-answer"}
@@ -158,6 +159,16 @@ def test_a_resent_submission_finds_its_job_though_the_cluster_shrank_since(datab
         assert_problem(submit(api, headers={"Idempotency-Key": "client:new"},
                               resources={"num_workers": 4}), 422, "at most 2 workers")  # fmt: skip
         assert_problem(submit(api, headers={"Idempotency-Key": "scheduled:x"}), 422, "prefix")
+
+        (tmp_path / "data" / "cifar").mkdir(parents=True)
+        inside = {"dataset": {"name": "cifar10", "root": str(tmp_path / "data" / "cifar")}}
+        headers = {"Idempotency-Key": "client:moved"}
+        first = submit(api, inside, headers=headers)
+        assert first.status_code == 202
+        api.app.state.service.settings.data_roots = [str(tmp_path / "elsewhere")]
+        again = submit(api, inside, headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        assert_problem(submit(api, inside), 422, "data roots")
 
 
 def test_auth_when_a_token_is_set(database_url, tmp_path):

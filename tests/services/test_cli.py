@@ -73,6 +73,25 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
     assert api.get(f"/v1/evaluations/{knn}").json()["config"] == {"k": 20, "temperature": 0.1}
 
 
+def test_follow_shows_the_steps_out_of_the_total_the_workers_report(api, tmp_path, capsys):
+    """An epochs-long run has no ``max_steps``: the bar's total (and so its ETA) comes from the
+    ``total_steps`` its workers report."""
+    config = tmp_path / "digits.yaml"
+    config.write_text("dataset: {name: digits}\nbackbone: {name: small_cnn}\nepochs: 2\n")
+    job_id = run(capsys, "submit", "simclr", "--config", str(config)).split()[1]
+    store = api.app.state.service.store
+    store.add_metrics(job_id, [{"step": 4, "epoch": 0, "name": name, "value": value}
+                               for name, value in (("loss", 5.5), ("total_steps", 12.0))])  # fmt: skip
+    api.post(f"/v1/jobs/{job_id}/cancel")
+    job = cli.follow(cli.Client(), job_id, poll_s=0)
+    assert job["status"] == "cancelled"
+    assert "4/12" in capsys.readouterr().err
+    config = {"dataset": {"name": "digits"}, "train_steps": 30}
+    assert cli.total_steps({"config": config}) == 30
+    assert cli.total_steps({"config": {**config, "max_steps": 5}, "progress": {}}) == 5
+    assert cli.total_steps({"config": {"epochs": 2}, "progress": None}) is None
+
+
 def test_errors_are_one_line(api, tmp_path, capsys):
     with pytest.raises(SystemExit, match="error: no job 'job-nope'"):
         cli.main(["get", "job-nope"])

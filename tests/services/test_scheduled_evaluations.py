@@ -93,6 +93,14 @@ def test_a_cancelled_job_gets_its_checkpoints_scored_but_no_end_and_a_retry_sche
     report_checkpoint(api, job_id, 4)
     schedule_evaluations(store, 3)
     assert sorted(e["step"] for e in evaluations(api, job_id)) == [2, 4]
+    # a client sending the key of one of these (for any body) learns nothing of it
+    key = f"scheduled:{job_id}:0:step-00000002"
+    assert key in store.idempotency_keys("scheduled:")
+    for path, body in (("/v1/jobs", {"kind": "simclr", "config": DIGITS}),
+                       ("/v1/evaluations", {"job_id": job_id})):  # fmt: skip
+        refused = assert_problem(api.post(path, json=body, headers={"Idempotency-Key": key}),
+                                 422, "Idempotency-Key")  # fmt: skip
+        assert not any(e["id"] in refused["detail"] for e in evaluations(api, job_id))
 
 
 def test_scores_come_back_as_a_table_a_plot_and_the_clis_evals(api, capsys, monkeypatch):

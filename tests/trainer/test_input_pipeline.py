@@ -173,6 +173,16 @@ def streaming_config(root: Path, **overrides) -> dict:
     }  # fmt: skip
 
 
+def test_a_stream_of_more_epochs_than_any_run_reads_is_refused_before_it_is_planned(packed):
+    from trainer.contracts.spec import JobSpec
+    from trainer.driver import ray_data_stream
+
+    config = streaming_config(packed, train_steps=10**9)  # 6 steps an epoch
+    spec = JobSpec(job_id="long", kind="simclr", config=config, storage_path=str(packed.parent))
+    with pytest.raises(ValueError, match="166666667 epochs of data; at most 100000"):
+        ray_data_stream(spec, str(packed.parent / "long"))
+
+
 def trained_indices(run_dir: Path) -> dict[int, list[int]]:
     """step -> the indices every rank trained on at that step (sorted)."""
     steps: dict[int, list[int]] = {}

@@ -91,6 +91,15 @@ def test_train_steps_sets_the_schedule_and_the_run_length_over_epochs(tmp_path):
     assert saved[-1] == "step-00000007.pt"
     capped = pretrain(small_config(train_steps=7, max_steps=2), tmp_path / "capped", progress=False)
     assert capped.learning_rates == result.learning_rates[:2]
+    first = pretrain(config, tmp_path / "resumed", stop_after=5, progress=False)  # mid-epoch 1
+    second = pretrain(config, tmp_path / "resumed", progress=False)
+    assert first.learning_rates + second.learning_rates == result.learning_rates
+
+
+def test_a_warm_up_as_long_as_the_run_is_logged(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="trainer.simclr_loop"):
+        pretrain(small_config(train_steps=3, max_steps=1), tmp_path, progress=False)
+    assert "the learning rate only rises" in caplog.text
 
 
 def test_trains_from_an_image_folder_with_a_broken_file(tmp_path):
