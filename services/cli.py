@@ -141,8 +141,7 @@ def follow(client: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
                 shown.update({k: latest[k] for k in ("loss", "lr", "knn_top1") if k in latest})
                 bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
             job = client.job(job_id)
-            if total_steps(job) != bar.total:
-                bar.total = total_steps(job)
+            bar.total = total_steps(job)
             bar.set_description(f"{job_id} [{job['status']}]")
             if job["status"] in TERMINAL:
                 return job
