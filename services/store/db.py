@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +14,7 @@ from sqlalchemy.engine import make_url
 from services.leader import lock_key
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def make_engine(url: str, request_threads: int = 8) -> Engine:
@@ -26,15 +29,16 @@ def make_engine(url: str, request_threads: int = 8) -> Engine:
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database lives in one connection: use a file")
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
+    engine = create_engine(url, connect_args=connect_args, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(connection, _record) -> None:
+        use_wal(connection, SQLITE_BUSY_TIMEOUT_S)
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -47,6 +51,29 @@ def make_engine(url: str, request_threads: int = 8) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the database in WAL mode, waiting up to ``timeout_s`` for other connections.
+
+    The mode is stored in the file, so only the first connection to a new database changes it.
+    That change needs the file to itself, and while another connection holds a write
+    transaction SQLite answers "database is locked" at once instead of waiting out the busy
+    timeout (as when several API processes start together on a new database and one is already
+    migrating). So the change is retried with backoff until ``timeout_s``, as a busy wait would."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            remaining = deadline - time.monotonic()
+            if "locked" not in str(error) or remaining <= 0:
+                raise
+        time.sleep(min(pause, remaining))
+        pause = min(2 * pause, 0.25)
 
 
 def alembic_config() -> Config:

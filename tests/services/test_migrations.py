@@ -8,7 +8,9 @@ this test for free; one that moves a column's data elsewhere says where in ``MOV
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
-from services.store.db import alembic_config, downgrade, make_engine, migrate
+from services.store.db import alembic_config, downgrade, make_engine, migrate, use_wal
 
 ROWS_PER_TABLE = 3
 
@@ -217,3 +219,45 @@ def test_processes_that_start_together_migrate_one_at_a_time(database_url):
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def _writer_on_a_new_database(path) -> sqlite3.Connection:
+    """A connection holding a write transaction on a new database still in SQLite's default
+    (rollback journal) mode: what the first process to migrate looks like to the others."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE first_writer (a)")
+    return writer
+
+
+def test_a_connection_waits_for_a_writer_to_switch_a_new_database_to_wal(tmp_path):
+    """SQLite refuses the switch to WAL at once, without the busy timeout, while another
+    connection writes; the engine's connection retries until the writer commits (the cause of
+    the flaky start-together test above)."""
+    path = tmp_path / "simclr.db"
+    writer = _writer_on_a_new_database(path)
+    engine = make_engine(f"sqlite:///{path}")
+    released = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    released.start()
+    try:
+        with engine.connect() as connection:
+            mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+        assert mode == "wal"
+    finally:
+        released.join()
+        writer.close()
+        engine.dispose()
+
+
+def test_a_writer_that_never_commits_fails_the_switch_after_the_timeout(tmp_path):
+    path = tmp_path / "simclr.db"
+    writer = _writer_on_a_new_database(path)
+    reader = sqlite3.connect(path, check_same_thread=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            use_wal(reader, timeout_s=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        reader.close()
+        writer.close()
