@@ -47,6 +47,7 @@ FINETUNE = ("tests/trainer/test_finetune.py",)
 SCHEDULED = ("tests/services/test_scheduled_evaluations.py",)
 IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
 RUN_LENGTH = ("tests/trainer/test_pretrain.py", "tests/trainer/test_input_pipeline.py")
+SQLITE_START = ("tests/services/test_migrations.py",)
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -152,6 +153,10 @@ MUTANTS = (
            "self.total_steps = config.epochs * steps_per_epoch", RUN_LENGTH),
     Mutant("train_steps: the Ray Data stream holds only epochs", "trainer/driver.py",
            "epochs = config.data_epochs(per_epoch)", "epochs = config.epochs", RUN_LENGTH),
+    Mutant("SQLite WAL switch: a busy database is not waited for", "services/store/db.py",
+           "if not busy or remaining <= 0:", "if True:", SQLITE_START),
+    Mutant("SQLite WAL switch: every error is retried", "services/store/db.py",
+           "if not busy or remaining <= 0:", "if remaining <= 0:", SQLITE_START),
 )  # fmt: skip
 
 

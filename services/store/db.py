@@ -54,13 +54,14 @@ def make_engine(url: str, request_threads: int = 8) -> Engine:
 
 
 def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
-    """Put the database in WAL mode, waiting up to ``timeout_s`` for other connections.
+    """Put the database in WAL mode, waiting up to about ``timeout_s`` for other connections.
 
-    The mode is stored in the file, so only the first connection to a new database changes it.
-    That change needs the file to itself, and while another connection holds a write
-    transaction SQLite answers "database is locked" at once instead of waiting out the busy
-    timeout (as when several API processes start together on a new database and one is already
-    migrating). So the change is retried with backoff until ``timeout_s``, as a busy wait would."""
+    The mode is stored in the file, so only the first connections to a new database change it.
+    The change writes the file's header, and while another connection writes to a database still
+    in rollback-journal mode (as another process's own switch does, when several API processes
+    start together on a new database) SQLite answers SQLITE_BUSY at once instead of waiting out
+    the busy timeout. So the change is retried with backoff until ``timeout_s``, as a busy wait
+    would; any other error is raised at once."""
     deadline = time.monotonic() + timeout_s
     pause = 0.01
     while True:
@@ -70,7 +71,8 @@ def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
             return
         except sqlite3.OperationalError as error:
             remaining = deadline - time.monotonic()
-            if "locked" not in str(error) or remaining <= 0:
+            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+            if not busy or remaining <= 0:
                 raise
         time.sleep(min(pause, remaining))
         pause = min(2 * pause, 0.25)

@@ -223,28 +223,37 @@ def test_processes_that_start_together_migrate_one_at_a_time(database_url):
 
 def _writer_on_a_new_database(path) -> sqlite3.Connection:
     """A connection holding a write transaction on a new database still in SQLite's default
-    (rollback journal) mode: what the first process to migrate looks like to the others."""
+    (rollback journal) mode: another process's connection in the middle of its own switch."""
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("CREATE TABLE first_writer (a)")
     return writer
 
 
-def test_a_connection_waits_for_a_writer_to_switch_a_new_database_to_wal(tmp_path):
+def test_a_connection_waits_for_a_writer_to_switch_a_new_database_to_wal(tmp_path, monkeypatch):
     """SQLite refuses the switch to WAL at once, without the busy timeout, while another
     connection writes; the engine's connection retries until the writer commits (the cause of
-    the flaky start-together test above)."""
+    the flaky start-together test above). The writer commits during the first retry's pause, so
+    the test takes the retry path however slow the machine."""
+    import services.store.db as db
+
     path = tmp_path / "simclr.db"
     writer = _writer_on_a_new_database(path)
+    pauses = []
+
+    def commit_then_sleep(seconds: float) -> None:
+        if not pauses:
+            writer.execute("COMMIT")
+        pauses.append(seconds)
+
+    monkeypatch.setattr(db.time, "sleep", commit_then_sleep)
     engine = make_engine(f"sqlite:///{path}")
-    released = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
-    released.start()
     try:
         with engine.connect() as connection:
             mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
         assert mode == "wal"
+        assert len(pauses) == 1
     finally:
-        released.join()
         writer.close()
         engine.dispose()
 
@@ -258,6 +267,22 @@ def test_a_writer_that_never_commits_fails_the_switch_after_the_timeout(tmp_path
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             use_wal(reader, timeout_s=0.3)
         assert 0.3 <= time.monotonic() - started < 5
+        assert not reader.in_transaction
     finally:
         reader.close()
         writer.close()
+
+
+def test_an_error_other_than_busy_is_raised_without_waiting(tmp_path):
+    """Only SQLITE_BUSY is worth a retry: a database opened read-only refuses the switch, and
+    that is raised at once, not after the timeout."""
+    path = tmp_path / "simclr.db"
+    sqlite3.connect(path).close()
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            use_wal(read_only, timeout_s=30)
+        assert time.monotonic() - started < 5
+    finally:
+        read_only.close()
