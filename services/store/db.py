@@ -71,7 +71,7 @@ def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
             return
         except sqlite3.OperationalError as error:
             remaining = deadline - time.monotonic()
-            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+            busy = (error.sqlite_errorcode & 0xFF) == sqlite3.SQLITE_BUSY
             if not busy or remaining <= 0:
                 raise
         time.sleep(min(pause, remaining))

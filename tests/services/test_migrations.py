@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from services.store import db
 from services.store.db import alembic_config, downgrade, make_engine, migrate, use_wal
 
 ROWS_PER_TABLE = 3
@@ -235,8 +236,6 @@ def test_a_connection_waits_for_a_writer_to_switch_a_new_database_to_wal(tmp_pat
     connection writes; the engine's connection retries until the writer commits (the cause of
     the flaky start-together test above). The writer commits during the first retry's pause, so
     the test takes the retry path however slow the machine."""
-    import services.store.db as db
-
     path = tmp_path / "simclr.db"
     writer = _writer_on_a_new_database(path)
     pauses = []
