@@ -29,7 +29,8 @@ Writes a table, a PNG plot (``--plot``), where each pipeline's time goes, when o
 reached lightly's final top-1 against lightly's time to it, and both runs' top-1 at equal time (the
 end of the shorter run: on a VM whose speed drifts, the planned budgets come out unequal).
 Ours runs in the product's default precision (``auto``: bf16 autocast on a CPU with AMX or
-AVX512-BF16, ``trainer.precision``), lightly in fp32 as it does by default; ``--precision`` forces
+AVX512-BF16 whose bf16 kernels the probe of ``trainer.precision`` finds faster; resolved once per
+process, before the clocks start), lightly in fp32 as it does by default; ``--precision`` forces
 ours'. The quality check of bf16 at equal steps runs ours alone for a fixed number of epochs:
 ``--only ours --epochs 15 --points 1 --precision fp32 --seed 1`` (and ``bf16``, other seeds).
 """

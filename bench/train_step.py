@@ -8,7 +8,8 @@ time, as a fraction of this machine's measured fp32 matmul rate (the compute flo
 ``--backbone small_cnn --width 32`` times the time-to-accuracy benchmark's small CNN instead;
 ``--channels-last`` puts weights and views in that layout; ``--compile`` adds a third contender, ours
 with the model under ``torch.compile`` (``SimCLRConfig.compile_model``), and reports its compile time;
-``--bf16`` adds ours under bf16 autocast (``precision: bf16``; what ``auto`` picks on an AMX CPU).
+``--bf16`` adds ours under bf16 autocast (``precision: bf16``; what ``auto`` picks where the CPU
+probe of ``trainer.precision`` finds bf16 faster).
 Run: ``python -m bench.train_step [--rounds 6] [--pairs 128] [--threads 2] [--backbone resnet18]
 [--width 64] [--channels-last] [--compile]``.
 """
@@ -27,7 +28,7 @@ from bench.common import interleaved_rates, machine_summary, matmul_flops_per_se
 from models import ProjectionHead, SimCLRNet, build_backbone
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups
-from trainer.precision import autocast_for
+from trainer.precision import autocast_for, resolve_precision
 
 TEMPERATURE = 0.5
 
@@ -120,6 +121,8 @@ def main() -> None:
 
         contenders["ours nt_xent + LARS, bf16 autocast"] = make_ours(bf16_model, bf16_forward)
         contenders["ours nt_xent + LARS, bf16 autocast"]()  # warm-up
+        chosen, why = resolve_precision("auto", torch.device("cpu"))
+        compile_note += f"; precision auto here: {chosen} ({why})"
     rates = interleaved_rates(contenders, args.rounds)
     peak = matmul_flops_per_second()
     baseline = median(rates["lightly NTXentLoss + LARS"])

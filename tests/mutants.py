@@ -48,6 +48,7 @@ SCHEDULED = ("tests/services/test_scheduled_evaluations.py",)
 IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
 RUN_LENGTH = ("tests/trainer/test_pretrain.py", "tests/trainer/test_input_pipeline.py")
 SQLITE_START = ("tests/services/test_migrations.py",)
+PRECISION = ("tests/trainer/test_precision.py",)
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -157,6 +158,10 @@ MUTANTS = (
            "if not busy or remaining <= 0:", "if True:", SQLITE_START),
     Mutant("SQLite WAL switch: every error is retried", "services/store/db.py",
            "if not busy or remaining <= 0:", "if remaining <= 0:", SQLITE_START),
+    Mutant("precision auto: the CPU probe's ratio inverted", "trainer/precision.py",
+           'return best["fp32"] / best["bf16"]', 'return best["bf16"] / best["fp32"]', PRECISION),
+    Mutant("precision auto: bf16 by the flags alone", "trainer/precision.py",
+           "if speedup >= BF16_MIN_SPEEDUP:", "if True:", PRECISION),
 )  # fmt: skip
 
 

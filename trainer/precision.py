@@ -1,24 +1,38 @@
 """Which arithmetic a training run's forward passes use, decided on the worker that runs it.
 
 ``precision: auto`` (the default of SimCLR, fine-tuning and the generative kinds but the flow) is
-bf16 autocast where the device computes bf16 fast: a CUDA GPU with bf16 support, or a CPU whose
-flags list AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``); fp32 elsewhere. On a CPU without
-them oneDNN emulates bf16 and a step gets 11x slower (docs/benchmarks.md). ``fp32`` and ``bf16``
-force it. Under bf16 autocast only the convolutions and matmuls of the training forward passes run
-in bf16: the weights, their gradients, the optimisers (LARS's norms and updates, Adam), batch-norm
-statistics, the losses (NT-Xent's logits in ``trainer.losses``; the generative losses and the
-fine-tuning cross-entropy from ``at_least_fp32`` copies of the outputs), evaluations and the
-checkpoints stay fp32, so a run resumes under either precision.
+bf16 autocast where the device computes bf16 fast, fp32 elsewhere:
+- a CUDA GPU: bf16 where it supports it;
+- a CPU without bf16 instructions (``amx_bf16`` or ``avx512_bf16`` among its flags): fp32, without
+  measuring: oneDNN emulates bf16 and a step gets 11x slower (docs/benchmarks.md);
+- a CPU with them: bf16 only where a probe of its kernels (``cpu_bf16_speedup``: 3x3 convolutions
+  and a matmul, forward and backward, about a second once per process) runs at least
+  ``BF16_MIN_SPEEDUP`` times as fast in bf16 as in fp32. The flags alone do not tell: AMX and AMD's
+  AVX512-BF16 run bf16 2-6x as fast, while an Intel Xeon whose AVX512-BF16 comes without AMX runs
+  it at 0.6x (oneDNN's ``avx512_core_bf16`` kernels; docs/benchmarks.md).
+``fp32`` and ``bf16`` force it. Under bf16 autocast only the convolutions and matmuls of the
+training forward passes run in bf16: the weights, their gradients, the optimisers (LARS's norms
+and updates, Adam), batch-norm statistics, the losses (NT-Xent's logits in ``trainer.losses``; the
+generative losses and the fine-tuning cross-entropy from ``at_least_fp32`` copies of the outputs),
+evaluations and the checkpoints stay fp32, so a run resumes under either precision.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_MIN_SPEEDUP = 1.25
+"""``auto`` takes bf16 on a CPU where ``cpu_bf16_speedup`` is at least this: a training step gains
+less than its convolutions (batch norm, activations and the optimiser stay fp32), so a kernel gain
+near parity is no gain; the hosts measured lie far on either side (0.6x and 2x or more)."""
 
 
 def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
@@ -30,6 +44,49 @@ def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])  # fmt: skip
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
+
+
+@functools.cache
+def cpu_bf16_speedup(rounds: int = 5) -> float:
+    """How many times as fast this CPU, at the process's thread count, runs a probe under bf16
+    autocast as in fp32: forward and backward (input and weight gradients) of a 3x3 convolution
+    of 64 channels at 32x32 and of 256 at 8x8 (batch 32, channels-last, the layers that dominate
+    the encoders here) and of a 1024-wide linear layer over 256 rows. The best of ``rounds``
+    interleaved timings of each, after a warm-up of each, so that a noisy neighbour's burst does
+    not decide; about 1 s, measured once per process. Draws its tensors from its own generator,
+    leaving the run's random stream as it was."""
+    generator = torch.Generator().manual_seed(0)
+
+    def leaf(*shape: int, channels_last: bool = False) -> torch.Tensor:
+        tensor = torch.randn(*shape, generator=generator)
+        if channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor.requires_grad_(True)
+
+    convolutions = [
+        (leaf(32, 64, 32, 32, channels_last=True), leaf(64, 64, 3, 3, channels_last=True)),
+        (leaf(32, 256, 8, 8, channels_last=True), leaf(256, 256, 3, 3, channels_last=True)),
+    ]
+    linear = (leaf(256, 1024), leaf(1024, 1024))
+    leaves = [tensor for pair in [*convolutions, linear] for tensor in pair]
+    cpu = torch.device("cpu")
+
+    def seconds(precision: str) -> float:
+        for tensor in leaves:
+            tensor.grad = None
+        start = time.perf_counter()
+        with autocast_for(precision, cpu):
+            outputs = [F.conv2d(x, w, padding=1) for x, w in convolutions] + [F.linear(*linear)]
+        sum(output.float().square().mean() for output in outputs).backward()
+        return time.perf_counter() - start
+
+    best = dict.fromkeys(("fp32", "bf16"), math.inf)
+    for precision in best:
+        seconds(precision)  # the warm-up: oneDNN sets up its kernels on the first call
+    for _ in range(rounds):
+        for precision in best:
+            best[precision] = min(best[precision], seconds(precision))
+    return best["fp32"] / best["bf16"]
 
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
@@ -48,9 +105,14 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
         if requested == "bf16":
             return "bf16", "asked for" + ("" if flags else " (this CPU has neither AMX nor "
                                            "AVX512-BF16: slower than fp32)")  # fmt: skip
-        if flags:
-            return "bf16", f"auto: the CPU has {' and '.join(flags)}"
-        return "fp32", "auto: the CPU has neither AMX nor AVX512-BF16"
+        if not flags:
+            return "fp32", "auto: the CPU has neither AMX nor AVX512-BF16"
+        speedup = cpu_bf16_speedup()
+        measured = (f"auto: the CPU has {' and '.join(flags)}, and its bf16 convolutions and "
+                    f"matmul ran {speedup:.2f}x as fast as fp32")  # fmt: skip
+        if speedup >= BF16_MIN_SPEEDUP:
+            return "bf16", measured
+        return "fp32", f"{measured} (bf16 needs {BF16_MIN_SPEEDUP}x)"
     return "fp32", f"no bf16 autocast on {device.type}"
 
 

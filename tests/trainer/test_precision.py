@@ -1,10 +1,13 @@
-"""``precision: auto``: detected on the worker (CPU flags, CUDA support), forced by fp32 or bf16;
-under bf16 autocast the loss, the weights, the batch-norm statistics and the checkpoints stay fp32,
-and a run resumes under the other precision: SimCLR and every generative kind."""
+"""``precision: auto``: detected on the worker (CPU flags and a probe of its bf16 kernels, CUDA
+support), forced by fp32 or bf16; under bf16 autocast the loss, the weights, the batch-norm
+statistics and the checkpoints stay fp32, and a run resumes under the other precision: SimCLR and
+every generative kind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 
 import pytest
 import torch
@@ -38,7 +41,11 @@ def test_the_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_bf16_flags(tmp_path / "missing") == ()
 
 
-def test_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
+def test_auto_takes_bf16_only_where_the_cpu_computes_it_faster(monkeypatch):
+    def no_probe():
+        raise AssertionError("a CPU without bf16 instructions needs no probe")
+
+    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", no_probe)
     monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ())
     assert resolve_precision("auto", CPU) == (
         "fp32", "auto: the CPU has neither AMX nor AVX512-BF16")  # fmt: skip
@@ -46,8 +53,40 @@ def test_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
     forced, why = resolve_precision("bf16", CPU)
     assert forced == "bf16" and "slower than fp32" in why
     monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ("amx_bf16",))
-    assert resolve_precision("auto", CPU) == ("bf16", "auto: the CPU has amx_bf16")
-    assert resolve_precision("fp32", CPU)[0] == "fp32"
+    assert resolve_precision("fp32", CPU) == ("fp32", "asked for")
+    assert resolve_precision("bf16", CPU) == ("bf16", "asked for")
+    # the flags let the probe decide: AMX, AMD's AVX512-BF16 (2x and more) ...
+    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda: 2.1)
+    assert resolve_precision("auto", CPU) == ("bf16", (
+        "auto: the CPU has amx_bf16, and its bf16 convolutions and matmul ran 2.10x as fast as "
+        "fp32"))  # fmt: skip
+    # ... and an Intel Xeon's AVX512-BF16 without AMX (0.6x); parity is no gain
+    for speedup in (0.56, 1.1):
+        monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda s=speedup: s)
+        chosen, why = resolve_precision("auto", CPU)
+        assert chosen == "fp32" and f"ran {speedup:.2f}x as fast" in why and "needs 1.25x" in why
+
+
+@pytest.mark.parametrize("slow", ["fp32", "bf16"])
+def test_the_cpu_probe_measures_bf16_against_fp32(slow, monkeypatch):
+    """The probe's ratio is fp32's time over bf16's: a precision made 50 ms slower loses, whatever
+    this CPU's own kernels do; and it leaves the run's random stream alone."""
+    real_autocast = precision_module.autocast_for
+
+    @contextlib.contextmanager
+    def slowed(precision, device):
+        if precision == slow:
+            time.sleep(0.05)
+        with real_autocast(precision, device):
+            yield
+
+    monkeypatch.setattr(precision_module, "autocast_for", slowed)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    speedup = precision_module.cpu_bf16_speedup.__wrapped__(rounds=2)
+    assert torch.equal(torch.rand(4), expected)
+    assert (speedup < 1) if slow == "bf16" else (speedup > 1)
 
 
 def test_under_bf16_only_the_forward_pass_is_bf16():
