@@ -37,9 +37,12 @@ def machine_summary() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def matmul_flops_per_second(n: int = 1024, repeats: int = 10) -> float:
-    """Measured fp32 GEMM rate on this process's threads: the compute floor of every CPU figure."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops_per_second(
+    n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    """Measured GEMM rate in ``dtype`` on this process's threads: the compute floor of every CPU
+    figure (fp32; bf16 where the step runs under bf16 autocast)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):

@@ -163,7 +163,7 @@ def ours_step_time(config: SimCLRConfig, train: InMemoryImages, steps: int = 8) 
     model, augment, optimizer = build_on_cpu(config)
     images = train.images[: config.batch_size]
 
-    precision, _ = resolve_precision(config.precision, torch.device("cpu"))  # as run_simclr will
+    precision = resolve_precision(config.precision, torch.device("cpu")).precision  # as run_simclr
 
     def step() -> None:
         loss = simclr_loss(model, augment, images, None, config.temperature, precision,
@@ -217,7 +217,7 @@ def ours_breakdown(
 ) -> dict[str, float]:
     """Seconds per step in augmentation, forward + loss + backward, and the optimiser."""
     model, augment, optimizer = build_on_cpu(config)
-    precision, _ = resolve_precision(config.precision, torch.device("cpu"))  # as run_simclr does
+    precision = resolve_precision(config.precision, torch.device("cpu")).precision  # as run_simclr
     totals = {"data + augmentation": 0.0, "forward + backward": 0.0, "optimiser": 0.0}
     for i in range(steps + 1):
         images = train.images[torch.randint(len(train), (config.batch_size,))]
@@ -478,7 +478,7 @@ def main() -> None:
             plot(args.plot, title, curves, floors)
         return
     print(f"# {machine_summary()}", flush=True)
-    precision, why = resolve_precision(args.precision, torch.device("cpu"))
+    precision, why, _ = resolve_precision(args.precision, torch.device("cpu"))
     print(f"# ours' precision: {precision} ({why}); seed {args.seed}", flush=True)
     with tempfile.TemporaryDirectory() as temporary:
         scratch = Path(temporary)

@@ -104,13 +104,13 @@ def main() -> None:
     step_flops = counter.get_total_flops()
     theirs()
     contenders = {"lightly NTXentLoss + LARS": theirs, "ours nt_xent + LARS": ours}
-    compile_note = ""
+    notes = ""
     if args.compile:
         compiled_model = new_model()
         compiled = make_ours(compiled_model, torch.compile(compiled_model))
         start = time.perf_counter()
         compiled()  # compiles the forward and backward graphs
-        compile_note = f"; ours compiled: first step {time.perf_counter() - start:.1f} s"
+        notes = f"; ours compiled: first step {time.perf_counter() - start:.1f} s"
         contenders["ours nt_xent + LARS, torch.compile"] = compiled
     if args.bf16:
         bf16_model = new_model()
@@ -121,18 +121,20 @@ def main() -> None:
 
         contenders["ours nt_xent + LARS, bf16 autocast"] = make_ours(bf16_model, bf16_forward)
         contenders["ours nt_xent + LARS, bf16 autocast"]()  # warm-up
-        chosen, why = resolve_precision("auto", torch.device("cpu"))
-        compile_note += f"; precision auto here: {chosen} ({why})"
+        chosen, why, _ = resolve_precision("auto", torch.device("cpu"))
+        notes += f"; precision auto here: {chosen} ({why})"
     rates = interleaved_rates(contenders, args.rounds)
     peak = matmul_flops_per_second()
+    if args.bf16:
+        bf16_peak = matmul_flops_per_second(2048, 5, torch.bfloat16)
+        notes += (f"; 2048x2048 matmul: bf16 {bf16_peak / 1e9:.0f} GFLOP/s against fp32 "
+                         f"{matmul_flops_per_second(2048, 5) / 1e9:.0f}")  # fmt: skip
     baseline = median(rates["lightly NTXentLoss + LARS"])
     model_name = (
         "ResNet-18 CIFAR stem" if args.backbone == "resnet18" else f"small CNN width {args.width}"
     )
     layout = ", channels-last" if args.channels_last else ""
-    print(
-        f"# {machine_summary()}; {model_name}{layout}, {args.pairs} pairs of 32-px views{compile_note}"
-    )
+    print(f"# {machine_summary()}; {model_name}{layout}, {args.pairs} pairs of 32-px views{notes}")
     print(
         f"# step FLOPs (forward + backward) {step_flops / 1e9:.1f} GFLOP; fp32 matmul rate {peak / 1e9:.0f} GFLOP/s"
     )

@@ -335,9 +335,14 @@ def main(argv: list[str] | None = None) -> None:
             job = client.job(args.job_id)
             print(describe(job))
             if "precision" in job["config"]:  # what the workers chose, once they report
-                chosen = [p["value"] for p in client.metrics(args.job_id, name="bf16")]
-                ran = ("bf16" if chosen[-1] else "fp32") if chosen else "not reported yet"
-                print(f"precision  {ran} (config: {job['config']['precision']})")
+                chosen = client.metrics(args.job_id, name="bf16")
+                ran = ("bf16" if chosen[-1]["value"] else "fp32") if chosen else "not reported yet"
+                probes = {p["step"]: p["value"]  # the probe of the attempt that reported last
+                          for p in client.metrics(args.job_id, name="bf16_speedup")}  # fmt: skip
+                ratio = probes.get(chosen[-1]["step"]) if chosen else None
+                measured = ("" if ratio is None else
+                            f"; rank 0's CPU ran bf16 {ratio:.2f}x as fast as fp32")  # fmt: skip
+                print(f"precision  {ran} (config: {job['config']['precision']}{measured})")
             print(json.dumps(job["config"], indent=2))
         elif args.command == "export":
             output = Path(args.output)

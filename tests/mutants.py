@@ -162,6 +162,11 @@ MUTANTS = (
            'return best["fp32"] / best["bf16"]', 'return best["bf16"] / best["fp32"]', PRECISION),
     Mutant("precision auto: bf16 by the flags alone", "trainer/precision.py",
            "if speedup >= BF16_MIN_SPEEDUP:", "if True:", PRECISION),
+    Mutant("precision auto: the threshold itself is not enough", "trainer/precision.py",
+           "if speedup >= BF16_MIN_SPEEDUP:", "if speedup > BF16_MIN_SPEEDUP:", PRECISION),
+    Mutant("precision auto: the ranks do not agree", "trainer/precision.py",
+           'if not on_every_rank(resolved.precision == "bf16") and resolved.precision == "bf16":',
+           "if False:", PRECISION),
 )  # fmt: skip
 
 

@@ -60,6 +60,15 @@ def restore_rank_rng(
     torch.manual_seed(seed + 1 + rank + step)
 
 
+def on_every_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (all ranks must call this); ``flag`` on one process."""
+    if not is_distributed():
+        return flag
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, flag)
+    return all(flags)
+
+
 def mean_over_ranks(value: torch.Tensor) -> float:
     """The mean of a scalar over the ranks (all ranks must call this)."""
     if is_distributed():

@@ -147,7 +147,8 @@ def fine_tune(
     the encoder without the source checkpoint. The result on rank 0, None on the other ranks."""
     rank, world, device = session.rank, session.world_size, session.device
     start = time.perf_counter()
-    precision, why = resolve_precision(config.precision, device)
+    resolved = resolve_precision(config.precision, device)
+    precision = resolved.precision
     data = config.dataset
     fraction = len(labelled) / len(train)
     epochs = config.resolved_epochs(fraction)
@@ -176,7 +177,7 @@ def fine_tune(
                  "batch %d over %d worker(s), lr %.4g", config.source_job_id, config.checkpoint,
                  len(labelled), 100 * fraction, len(train), epochs, steps, batch, world,
                  peak_lr)  # fmt: skip
-        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, resolved.why, device)
     crop_flip = crop_flip_augment(data.view_size, scale=(0.08, 1.0), flip=True)
     loss = torch.tensor(math.nan, device=device)
     for epoch in range(first_epoch, epochs):
@@ -199,7 +200,7 @@ def fine_tune(
         metrics = {"step": (epoch + 1) * steps, "epoch": epoch + 1, "total_steps": epochs * steps,
                    "loss": mean_over_ranks(loss),
                    "lr": optimizer.param_groups[0]["lr"], "time": time.time(),
-                   "bf16": float(precision == "bf16")}  # fmt: skip
+                   **resolved.metrics()}  # fmt: skip
         checkpoint = None
         if rank == 0:
             checkpoint = {"kind": "finetune", "model": net.state_dict(),

@@ -85,9 +85,10 @@ def run_simclr(
     device, rank, world = session.device, session.rank, session.world_size
     if config.batch_size % world:
         raise ValueError(f"global batch {config.batch_size} is not divisible by {world} workers")
-    precision, why = resolve_precision(config.precision, device)
+    resolved = resolve_precision(config.precision, device)
+    precision = resolved.precision
     if rank == 0:
-        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, resolved.why, device)
 
     if source is None:
         source = build_source(
@@ -206,7 +207,7 @@ def run_simclr(
                 "loss": loss_value,
                 "lr": lr,
                 "images_per_s": rate,
-                "bf16": float(precision == "bf16"),
+                **resolved.metrics(),
                 "time": time.time(),
             }
             if monitor is not None and monitored:

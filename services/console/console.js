@@ -10,7 +10,7 @@ const CHART_POINTS = 1000; // the server downsamples each metric to this many po
 const LOG_LINES = 400;
 const ANSI_ESCAPES = /\x1b\[[0-9;]*[A-Za-z]/g; // Ray colours its workers' prefixes
 const FIRST_CURVES = ["loss", "lr", "images_per_s", "knn_top1"];
-const HIDDEN_CURVES = new Set(["bf16", "total_steps"]);
+const HIDDEN_CURVES = new Set(["bf16", "bf16_speedup", "total_steps"]);
 const STATUSES = document.body.dataset.statuses.split(",");
 const TERMINAL = new Set(document.body.dataset.terminal.split(","));
 

@@ -56,6 +56,12 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
     store = api.app.state.service.store
     store.add_metrics(job_id, [{"step": 1, "epoch": 0, "name": "bf16", "value": 0.0}])
     assert "precision  fp32 (config: auto)" in run(capsys, "get", job_id)
+    store.add_metrics(job_id, [{"step": 2, "epoch": 0, "name": "bf16", "value": 0.0},
+                               {"step": 2, "epoch": 0, "name": "bf16_speedup", "value": 0.62}])  # fmt: skip
+    assert ("precision  fp32 (config: auto; rank 0's CPU ran bf16 0.62x as fast as fp32)"
+            in run(capsys, "get", job_id))  # fmt: skip
+    store.add_metrics(job_id, [{"step": 3, "epoch": 0, "name": "bf16", "value": 1.0}])  # a GPU
+    assert "precision  bf16 (config: auto)\n" in run(capsys, "get", job_id)
     assert "cancel" in run(capsys, "cancel", job_id)
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     assert "attempt    2/3" in run(capsys, "retry", job_id)

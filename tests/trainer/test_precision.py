@@ -6,13 +6,15 @@ every generative kind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from pydantic import ValidationError
 
+from tests.distributed import run_on_ranks
 from tests.trainer.test_finetune import finetune_spec
 from tests.trainer.test_generative_jobs import DIGITS, config_of, parameters
 from tests.trainer.test_pretrain import small_config
@@ -23,7 +25,7 @@ from trainer.finetune import Classifier, finetune_worker
 from trainer.generative.data import load_generative_data
 from trainer.generative.loop import run_generative
 from trainer.generative.tasks import task_of
-from trainer.precision import autocast_for, cpu_bf16_flags, resolve_precision
+from trainer.precision import Resolution, autocast_for, cpu_bf16_flags, resolve_precision
 from trainer.pretrain import pretrain
 from trainer.session import LocalSession
 from trainer.simclr_recipe import build_augment, build_model, simclr_loss
@@ -42,51 +44,85 @@ def test_the_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_auto_takes_bf16_only_where_the_cpu_computes_it_faster(monkeypatch):
-    def no_probe():
-        raise AssertionError("a CPU without bf16 instructions needs no probe")
+    def no_probe(threads):
+        raise AssertionError("no probe here")
 
     monkeypatch.setattr(precision_module, "cpu_bf16_speedup", no_probe)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    on_gpu = resolve_precision("auto", torch.device("cuda"))
+    assert on_gpu == Resolution("bf16", "auto: the GPU computes bf16")
+    assert on_gpu.metrics() == {"bf16": 1.0}
     monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ())
-    assert resolve_precision("auto", CPU) == (
+    assert resolve_precision("auto", CPU) == Resolution(
         "fp32", "auto: the CPU has neither AMX nor AVX512-BF16")  # fmt: skip
-    assert resolve_precision("fp32", CPU)[0] == "fp32"
-    forced, why = resolve_precision("bf16", CPU)
+    assert resolve_precision("fp32", CPU).precision == "fp32"
+    forced, why, _ = resolve_precision("bf16", CPU)
     assert forced == "bf16" and "slower than fp32" in why
     monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ("amx_bf16",))
-    assert resolve_precision("fp32", CPU) == ("fp32", "asked for")
-    assert resolve_precision("bf16", CPU) == ("bf16", "asked for")
+    assert resolve_precision("fp32", CPU) == Resolution("fp32", "asked for")
+    assert resolve_precision("bf16", CPU) == Resolution("bf16", "asked for")
     # the flags let the probe decide: AMX, AMD's AVX512-BF16 (2x and more) ...
-    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda: 2.1)
-    assert resolve_precision("auto", CPU) == ("bf16", (
+    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda threads: 2.1)
+    assert resolve_precision("auto", CPU) == Resolution("bf16", (
         "auto: the CPU has amx_bf16, and its bf16 convolutions and matmul ran 2.10x as fast as "
-        "fp32"))  # fmt: skip
+        "fp32"), 2.1)  # fmt: skip
     # ... and an Intel Xeon's AVX512-BF16 without AMX (0.6x); parity is no gain
-    for speedup in (0.56, 1.1):
-        monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda s=speedup: s)
-        chosen, why = resolve_precision("auto", CPU)
-        assert chosen == "fp32" and f"ran {speedup:.2f}x as fast" in why and "needs 1.25x" in why
+    for speedup, chosen in ((1.25, "bf16"), (1.24, "fp32"), (1.1, "fp32"), (0.56, "fp32")):
+        monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda threads, s=speedup: s)
+        assert resolve_precision("auto", CPU).precision == chosen
+    slower = resolve_precision("auto", CPU)
+    assert slower.why == ("auto: the CPU has amx_bf16, and its bf16 convolutions and matmul ran "
+                          "0.56x as fast as fp32 (bf16 needs 1.25x)")  # fmt: skip
+    assert slower.metrics() == {"bf16": 0.0, "bf16_speedup": 0.56}  # reported, shown by simclr get
 
 
 @pytest.mark.parametrize("slow", ["fp32", "bf16"])
 def test_the_cpu_probe_measures_bf16_against_fp32(slow, monkeypatch):
-    """The probe's ratio is fp32's time over bf16's: a precision made 50 ms slower loses, whatever
-    this CPU's own kernels do; and it leaves the run's random stream alone."""
+    """The probe's ratio is fp32's best time over bf16's, the warm-up left out: on a clock where the
+    slow precision's calls take 50, 4, 2, 3 s and the other's 50, 1.5, 1, 1.2 s it is exactly 1/2 or
+    2, whatever this CPU's kernels do. Each precision is timed as itself, with gradients, even where
+    the caller runs under inference mode and bf16 autocast; the run's random stream is untouched."""
+    fast = "bf16" if slow == "fp32" else "fp32"
+    costs = {slow: [50, 4, 2, 3], fast: [50, 1.5, 1, 1.2]}
+    now, autocast_on = [0.0], {"fp32": set(), "bf16": set()}
     real_autocast = precision_module.autocast_for
 
     @contextlib.contextmanager
-    def slowed(precision, device):
-        if precision == slow:
-            time.sleep(0.05)
+    def charged(precision, device):
+        now[0] += costs[precision].pop(0)
         with real_autocast(precision, device):
+            autocast_on[precision].add(torch.is_autocast_enabled("cpu"))
             yield
 
-    monkeypatch.setattr(precision_module, "autocast_for", slowed)
+    monkeypatch.setattr(precision_module, "autocast_for", charged)
+    monkeypatch.setattr(precision_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    speedup = precision_module.cpu_bf16_speedup.__wrapped__(rounds=2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        speedup = precision_module.cpu_bf16_speedup.__wrapped__(1, rounds=3)
+    assert speedup == (0.5 if slow == "bf16" else 2.0)
+    assert costs == {slow: [], fast: []}  # a warm-up and 3 rounds each
+    assert autocast_on == {"fp32": {False}, "bf16": {True}}
     assert torch.equal(torch.rand(4), expected)
-    assert (speedup < 1) if slow == "bf16" else (speedup > 1)
+
+
+def _auto_on_rank(speedups: tuple[float, ...], rank: int, world: int) -> Resolution:
+    precision_module.cpu_bf16_flags = lambda: ("avx512_bf16",)
+    precision_module.cpu_bf16_speedup = lambda threads: speedups[rank]
+    return resolve_precision("auto", CPU)
+
+
+def test_the_ranks_of_a_run_agree_on_one_precision():
+    """bf16 only where every rank's probe found it faster: one precision for the whole run."""
+    split = run_on_ranks(functools.partial(_auto_on_rank, (2.0, 0.6)))
+    assert [resolved.precision for resolved in split] == ["fp32", "fp32"]
+    assert split[0].why.endswith("ran 2.00x as fast as fp32; not so on every worker, and the "
+                                "workers agree: fp32")  # fmt: skip
+    assert split[1].why.endswith("(bf16 needs 1.25x)")
+    assert [resolved.bf16_speedup for resolved in split] == [2.0, 0.6]
+    agreed = run_on_ranks(functools.partial(_auto_on_rank, (2.0, 1.5)))
+    assert [resolved.precision for resolved in agreed] == ["bf16", "bf16"]
 
 
 def test_under_bf16_only_the_forward_pass_is_bf16():
@@ -165,6 +201,7 @@ def test_a_flow_refuses_bf16_and_runs_fp32_under_auto(tmp_path, monkeypatch):
     with pytest.raises(ValidationError, match="precision"):
         config_of("flow", DIGITS, precision="bf16")
     monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda threads: 2.0)
     run = run_generative("flow", config_of("flow", DIGITS), LocalSession(tmp_path), progress=False)
     assert {row["bf16"] for row in run.history} == {0.0}
 

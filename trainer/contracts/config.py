@@ -53,9 +53,9 @@ Precision = Annotated[
     Literal["auto", "fp32", "bf16"],
     Field(
         description="auto: bf16 autocast where the worker's device computes bf16 fast (a CUDA GPU "
-        "with bf16; a CPU with AMX or AVX512-BF16 whose bf16 kernels a probe at the run's start finds "
-        "at least 1.25x as fast as fp32), fp32 elsewhere; weights, losses, optimisers and "
-        "checkpoints stay fp32 (trainer/precision.py)"
+        "with bf16; a CPU with AMX or AVX512-BF16 whose bf16 kernels a probe on the worker finds at "
+        "least 1.25x as fast as fp32; a run's workers agree), fp32 elsewhere; weights, losses, "
+        "optimisers and checkpoints stay fp32 (trainer/precision.py)"
     ),
 ]
 

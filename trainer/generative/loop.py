@@ -30,7 +30,7 @@ from trainer.generative.data import GenerativeData, load_generative_data
 from trainer.generative.frechet import ClassifierFeatures, FeatureDistance, InceptionFeatures
 from trainer.generative.tasks import Task, task_of
 from trainer.log import step_progress
-from trainer.precision import autocast_for, resolve_precision
+from trainer.precision import Resolution, autocast_for, resolve_precision
 from trainer.rng import forked_rng
 from trainer.session import TrainingSession
 
@@ -118,9 +118,10 @@ def run_generative(
     step, history = 0, []
     torch.manual_seed(config.seed + 1 + rank)  # independent noise on every rank
     if task.bf16:
-        precision, why = resolve_precision(config.precision, device)
+        resolved = resolve_precision(config.precision, device)
     else:
-        precision, why = "fp32", f"{kind} computes in fp32 on every device"
+        resolved = Resolution("fp32", f"{kind} computes in fp32 on every device")
+    precision = resolved.precision
     state = session.restore()
     if state is not None:
         for name, network in task.networks.items():
@@ -138,7 +139,7 @@ def run_generative(
             kind, config.data.name, len(data.train), len(data.test), data.dims, config.batch_size,
             world, step, last_step, config.steps, device,
         )  # fmt: skip
-        log.info("precision %s (%s: %s) on %s", precision, config.precision, why, device)
+        log.info("precision %s (%s: %s) on %s", precision, config.precision, resolved.why, device)
 
     def checkpoint_state() -> dict | None:
         rngs = all_ranks_rng_states()  # every rank takes part
@@ -189,7 +190,7 @@ def run_generative(
             "total_steps": config.steps,
             "lr": task.learning_rate(step - 1),
             "images_per_s": window_examples / (time.perf_counter() - window_start),
-            "bf16": float(precision == "bf16"),
+            **resolved.metrics(),
             "time": time.time(),
         }
         if evaluate and rank == 0:
