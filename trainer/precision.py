@@ -8,9 +8,9 @@ bf16 autocast where the device computes bf16 fast, fp32 elsewhere:
 - a CPU with either: bf16 only where a probe of its kernels (``cpu_bf16_speedup``: 3x3
   convolutions and a matmul, forward and backward; about half a second at 2 threads, once per
   worker process and thread count) runs at least ``BF16_MIN_SPEEDUP`` times as fast in bf16 as
-  in fp32. The flags alone do not tell: AMX and AMD's
-  AVX512-BF16 run bf16 2-6x as fast, while an Intel Xeon whose AVX512-BF16 comes without AMX runs
-  it at 0.6x (oneDNN's ``avx512_core_bf16`` kernels; docs/benchmarks.md).
+  in fp32. The flags alone do not tell: AMX and AMD's AVX512-BF16 run a bf16 matmul 2-6x as fast
+  as fp32, while an Intel Xeon whose AVX512-BF16 comes without AMX runs it at 0.5x (oneDNN's
+  ``avx512_core_bf16`` kernels) and a training step at 0.8-0.96x (docs/benchmarks.md).
 ``fp32`` and ``bf16`` force it. Under bf16 autocast only the convolutions and matmuls of the
 training forward passes run in bf16: the weights, their gradients, the optimisers (LARS's norms
 and updates, Adam), batch-norm statistics, the losses (NT-Xent's logits in ``trainer.losses``; the
@@ -38,7 +38,7 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_MIN_SPEEDUP = 1.25
 """``auto`` takes bf16 on a CPU where ``cpu_bf16_speedup`` is at least this: a training step gains
 less than its convolutions (batch norm, activations and the optimiser stay fp32), so a kernel gain
-near parity is no gain; the hosts measured lie far on either side (0.6x and 2x or more)."""
+near parity is no gain; the hosts measured lie far on either side (0.6-0.7x and 2x or more)."""
 
 
 def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
@@ -58,8 +58,9 @@ def cpu_bf16_speedup(threads: int, rounds: int = 3) -> float:
     thread count, which callers pass as ``threads`` (``torch.get_num_threads()``) so that the cache
     holds one figure per count: forward and backward (input and weight gradients) of a 3x3
     convolution of 64 channels at 32x32 and of 256 at 8x8 (batch 16, channels-last: the layers that
-    dominate the encoders here) and of a 1024-wide linear layer over 128 rows. The best of ``rounds`` interleaved timings of each, after a
-    warm-up of each, so that a noisy neighbour's burst does not decide. Runs with gradients on and
+    dominate the encoders here) and of a 1024-wide linear layer over 128 rows. The best of
+    ``rounds`` interleaved timings of each, after a warm-up of each, so that a noisy neighbour's
+    burst does not decide. Runs with gradients on and
     no outer autocast whatever its caller's modes, and draws its tensors from a generator of its
     own, leaving the run's random stream as it was."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
@@ -103,7 +104,8 @@ def _probe_speedup(rounds: int) -> float:
 
 class Resolution(NamedTuple):
     """A run's precision, ``bf16`` or ``fp32``; why, in words for its log; and this worker's CPU
-    probe ratio (``cpu_bf16_speedup``) where one ran, kept where the ranks' agreement overruled it."""
+    probe ratio (``cpu_bf16_speedup``) where one ran, kept where the ranks' agreement overruled
+    it."""
 
     precision: str
     why: str
@@ -117,8 +119,8 @@ class Resolution(NamedTuple):
 
 
 def resolve_precision(requested: str, device: torch.device) -> Resolution:
-    """``bf16`` or ``fp32`` for ``requested`` (auto, fp32, bf16) on ``device``, and why; in a process
-    group, bf16 only where every rank resolved bf16 (all ranks must call this)."""
+    """``bf16`` or ``fp32`` for ``requested`` (auto, fp32, bf16) on ``device``, and why; in a
+    process group, bf16 only where every rank resolved bf16 (all ranks must call this)."""
     resolved = _resolve_on_this_worker(requested, device)
     # the collective first: every rank must take part, whatever it resolved
     if not on_every_rank(resolved.precision == "bf16") and resolved.precision == "bf16":
@@ -138,8 +140,8 @@ def _resolve_on_this_worker(requested: str, device: torch.device) -> Resolution:
     if device.type == "cpu":
         flags = cpu_bf16_flags()
         if requested == "bf16":
-            return Resolution("bf16", "asked for" + ("" if flags else " (this CPU has neither AMX "
-                                                     "nor AVX512-BF16: slower than fp32)"))  # fmt: skip
+            slow = "" if flags else " (this CPU has neither AMX nor AVX512-BF16: slower than fp32)"
+            return Resolution("bf16", "asked for" + slow)
         if not flags:
             return Resolution("fp32", "auto: the CPU has neither AMX nor AVX512-BF16")
         speedup = cpu_bf16_speedup(torch.get_num_threads())
