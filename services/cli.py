@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -273,6 +274,12 @@ def dirac_gan(args: argparse.Namespace) -> None:
     print(f"plot: {args.out}")
 
 
+def _finite_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of a metric whose value is a finite number: a worker's NaN or Infinity comes
+    back from the API as a string (``services.schemas``)."""
+    return [p for p in points if isinstance(p["value"], int | float) and math.isfinite(p["value"])]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -335,10 +342,10 @@ def main(argv: list[str] | None = None) -> None:
             job = client.job(args.job_id)
             print(describe(job))
             if "precision" in job["config"]:  # what the workers chose, once they report
-                chosen = client.metrics(args.job_id, name="bf16")
+                chosen = _finite_points(client.metrics(args.job_id, name="bf16"))
                 ran = ("bf16" if chosen[-1]["value"] else "fp32") if chosen else "not reported yet"
-                probes = {p["step"]: p["value"]  # the probe of the attempt that reported last
-                          for p in client.metrics(args.job_id, name="bf16_speedup")}  # fmt: skip
+                probed = _finite_points(client.metrics(args.job_id, name="bf16_speedup"))
+                probes = {p["step"]: p["value"] for p in probed}  # the last attempt's probe wins
                 ratio = probes.get(chosen[-1]["step"]) if chosen else None
                 measured = ("" if ratio is None else
                             f"; rank 0's CPU ran bf16 {ratio:.2f}x as fast as fp32")  # fmt: skip

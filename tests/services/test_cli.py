@@ -62,6 +62,11 @@ def test_submit_list_get_cancel_retry_logs_and_eval(api, tmp_path, capsys):
             in run(capsys, "get", job_id))  # fmt: skip
     store.add_metrics(job_id, [{"step": 3, "epoch": 0, "name": "bf16", "value": 1.0}])  # a GPU
     assert "precision  bf16 (config: auto)\n" in run(capsys, "get", job_id)
+    # a worker's NaN or Infinity comes back as a string (services/schemas.py): left out, no crash
+    store.add_metrics(job_id, [{"step": 4, "epoch": 0, "name": "bf16", "value": float("nan")},
+                               {"step": 4, "epoch": 0, "name": "bf16_speedup",
+                                "value": float("inf")}])  # fmt: skip
+    assert "precision  bf16 (config: auto)\n" in run(capsys, "get", job_id)  # step 3's
     assert "cancel" in run(capsys, "cancel", job_id)
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     assert "attempt    2/3" in run(capsys, "retry", job_id)
