@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def port_free(port: int) -> bool:
-    """Nothing listens on ``port`` of the loopback interface."""
+    """Nothing listens on ``port`` of the loopback interface. A connection that the kernel made
+    to itself (``port`` is an ephemeral port and was picked as the source too: TCP's simultaneous
+    open) does not count as a listener."""
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return True
+        return sock.getsockname() == sock.getpeername()
 
 
 def free_port() -> int:
@@ -48,15 +52,28 @@ class LocalRayHead:
     def stop(self, grace_s: float = 5) -> None:
         """Stop the head and everything on it (its jobs included). Ray's processes get SIGTERM, as
         ``ray stop`` sends, then SIGKILL after ``grace_s``: GCS and raylet do not always exit on
-        SIGTERM alone, and every process of the group is this head's."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        SIGTERM alone, and every process of the group is this head's. Returns once the dashboard
+        port is free again (see ``wait_released``), so that a head can start on it at once."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.wait_released()
+
+    def wait_released(self, timeout: float = 30) -> None:
+        """Wait until nothing listens on the dashboard port. ``ray start`` exits before the
+        dashboard it started has died (a killed group's processes go one by one; on 2 busy cores
+        that takes seconds), and until then a new head on the same port is refused."""
+        port = int(self.dashboard_url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout
+        while not port_free(port):
+            if time.monotonic() > deadline:
+                log.warning("the stopped Ray head's dashboard port %d is still taken", port)
+                return
+            time.sleep(0.2)
 
 
 def start_head(
