@@ -104,28 +104,48 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return torch.mul(r, _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
-def _blend_(x: torch.Tensor, reference: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+# A colour operation's parameter: one per view, a tensor (M,) or, for a single view, a float (the
+# view-by-view path: a Python number spares the small tensor operations that broadcasting a
+# one-element tensor costs, about 10 us each on some of this project's VMs).
+Factor = float | torch.Tensor
+
+
+def _blend_(x: torch.Tensor, reference: torch.Tensor, factor: Factor) -> torch.Tensor:
     """x = factor * x + (1 - factor) * reference, clamped to [0, 1], in place (``reference``, a
-    temporary, is overwritten too); factor is (M,)."""
+    temporary, is overwritten too)."""
+    if isinstance(factor, float):
+        return torch.add(reference.mul_(1.0 - factor), x, alpha=factor, out=x).clamp_(0.0, 1.0)
     f = factor.view(-1, 1, 1, 1)
     return torch.addcmul(reference.mul_(1.0 - f), x, f, out=x).clamp_(0.0, 1.0)
 
 
-def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return x.mul_(factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+def adjust_brightness_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+    f = factor if isinstance(factor, float) else factor.view(-1, 1, 1, 1)
+    return x.mul_(f).clamp_(0.0, 1.0)
 
 
-def adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_contrast_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     return _blend_(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
 
 
-def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_saturation_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     return _blend_(x, grayscale(x), factor)
 
 
-def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue of every pixel of ``x`` by ``shift`` turns (M,), keeping saturation and
-    value, in place.
+def _hue_offsets(shift: Factor, device: torch.device) -> torch.Tensor:
+    """(M, 3, 1, 1): for channels n = 5, 3, 1 (red, green, blue), n + 6 shift - 2 less the whole
+    turns that put n - 1 + 6 shift in [0, 6)."""
+    if isinstance(shift, float):
+        sextants = [6.0 * shift + n for n in (5.0, 3.0, 1.0)]
+        offsets = [s - 2.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
+        return torch.tensor(offsets, device=device).view(1, 3, 1, 1)
+    sextants = 6.0 * shift.view(-1, 1) + torch.arange(5.0, 0.0, -2.0, device=device)
+    return (sextants - 2.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)).view(-1, 3, 1, 1)
+
+
+def adjust_hue_(x: torch.Tensor, shift: Factor) -> torch.Tensor:
+    """Rotate the HSV hue of every pixel of ``x`` by ``shift`` turns (one per view), keeping
+    saturation and value, in place.
 
     RGB -> (H, S, V) -> RGB in closed form: with V = max, C = max - min and H in sextants,
     H = (g - b) / C where red is the largest channel, 2 + (b - r) / C where green is (and red is
@@ -149,10 +169,7 @@ def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     blue_max = not_red_max.sub_(green_max)
     hue = (g - b).mul_(red_max).addcmul_(b - r, green_max).addcmul_(r - g, blue_max)
     hue.mul_(inverse).add_(green_max, alpha=2.0).add_(blue_max, alpha=4.0)
-    # (M, 3): n + 6 shift - 2, less the whole turns that put n - 1 + 6 shift in [0, 6)
-    sextants = 6.0 * shift.view(-1, 1) + torch.arange(5.0, 0.0, -2.0, device=x.device)  # n: r, g, b
-    offsets = sextants - 2.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)
-    q = hue.unsqueeze(1) + offsets.view(-1, 3, 1, 1)  # (M, 3, H, W) in [-2, 10)
+    q = hue.unsqueeze(1) + _hue_offsets(shift, x.device)  # (M, 3, H, W) in [-2, 10)
     q.sub_(torch.ge(q, 4.0, out=torch.empty_like(q)), alpha=6.0).abs_().clamp_(1.0, 2.0)
     base = torch.add(maxc, chroma, alpha=-2.0).unsqueeze(1)
     return torch.addcmul(base, chroma.unsqueeze(1), q, out=x)
@@ -331,7 +348,9 @@ def interpolated_crops(
                 crop = crop.flip(-1)
             resized = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
             view = out[i, v]  # to [0, 1] while the crop is in cache; grey broadcast to RGB
-            torch.div(resized[0].expand_as(view), scale, out=view)
+            view.copy_(resized[0])  # the conversion's own kernel: a mixed-dtype div is 1.3x slower
+            if scale != 1.0:
+                view.div_(scale)
     return out
 
 
@@ -368,7 +387,9 @@ def gaussian_blur_view_(view: torch.Tensor, sigma: float, radius: int) -> torch.
     EPYC).
     """
     height, width = view.shape[-2:]
-    weights = gaussian_kernels(torch.tensor([sigma]), radius)[0, radius:].tolist()  # centre out
+    weights = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(radius + 1)]  # centre out
+    total = weights[0] + 2.0 * sum(weights[1:])  # the taps in Python: no small tensor operations
+    weights = [w / total for w in weights]
     padded = F.pad(view.unsqueeze(0), (radius,) * 4, mode="reflect")[0]
     rows = padded[:, :, radius : radius + width] * weights[0]  # (C, H + 2 radius, W)
     for i in range(1, radius + 1):
@@ -523,9 +544,10 @@ class SimCLRAugment(nn.Module):
         order = torch.rand(m, 4, device=device, generator=generator).argsort(dim=1)
         if self._view_by_view(views):
             orders, chosen = order.tolist(), apply.nonzero().squeeze(1).tolist()
+            per_view = factors.tolist()  # Python floats: see ``Factor``
             for j in chosen:
                 for op_index in orders[j]:
-                    _JITTER_OPS[op_index](views[j : j + 1], factors[op_index, j : j + 1])
+                    _JITTER_OPS[op_index](views[j : j + 1], per_view[op_index][j])
             return
         for position in range(4):
             for op_index, op in enumerate(_JITTER_OPS):
