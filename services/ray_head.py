@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,7 +34,10 @@ def port_free(port: int) -> bool:
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", port)) != 0:
             return True
-        return sock.getsockname() == sock.getpeername()
+        try:
+            return sock.getsockname() == sock.getpeername()
+        except OSError:  # reset already: a listener was there, dying; the next look decides
+            return False
 
 
 def free_port() -> int:
@@ -53,7 +57,10 @@ class LocalRayHead:
         """Stop the head and everything on it (its jobs included). Ray's processes get SIGTERM, as
         ``ray stop`` sends, then SIGKILL after ``grace_s``: GCS and raylet do not always exit on
         SIGTERM alone, and every process of the group is this head's. Returns once the dashboard
-        port is free again (see ``wait_released``), so that a head can start on it at once."""
+        port is free again (see ``wait_released``), so that a head can start on it at once.
+
+        A head whose ``ray start`` had already exited is not signalled: its process ID may belong
+        to another group by now."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -63,17 +70,19 @@ class LocalRayHead:
             self.process.wait()
         self.wait_released()
 
-    def wait_released(self, timeout: float = 30) -> None:
-        """Wait until nothing listens on the dashboard port. ``ray start`` exits before the
-        dashboard it started has died (a killed group's processes go one by one; on 2 busy cores
-        that takes seconds), and until then a new head on the same port is refused."""
-        port = int(self.dashboard_url.rsplit(":", 1)[1])
+    def wait_released(self, timeout: float = 10) -> bool:
+        """Wait until nothing listens on the dashboard port; False (logged) if something still
+        does after ``timeout`` seconds. ``ray start`` exits before the dashboard it started has
+        died (a killed group's processes go one by one; on 2 busy cores that takes seconds), and
+        until then a new head on the same port is refused."""
+        port = urlsplit(self.dashboard_url).port
         deadline = time.monotonic() + timeout
-        while not port_free(port):
+        while port is not None and not port_free(port):
             if time.monotonic() > deadline:
                 log.warning("the stopped Ray head's dashboard port %d is still taken", port)
-                return
+                return False
             time.sleep(0.2)
+        return True
 
 
 def start_head(

@@ -53,7 +53,7 @@ def test_a_killed_ray_head_costs_an_attempt_not_the_job(tmp_path, database_url):
             )  # fmt: skip
             os.killpg(head.process.pid, signal.SIGKILL)  # the head node dies with everything on it
             head.process.wait()
-            head.wait_released()  # its dashboard dies a moment after `ray start` itself
+            assert head.wait_released(60)  # its dashboard dies a moment after `ray start` does
             wait_for(lambda: client.ready() is False, 30, "the service to see Ray gone", poll=0.2)
             head = start_head(tmp_path / "head", dashboard_port=dashboard_port, num_cpus=2)
             done = wait_for(

@@ -57,10 +57,11 @@ def test_a_connection_to_itself_is_not_a_listener(monkeypatch):
 def test_stop_returns_once_the_dashboard_port_is_free(tmp_path):
     sock = listener()
     port = sock.getsockname()[1]
+    head = exited_head(port, tmp_path)
     closer = threading.Timer(0.6, sock.close)  # the dashboard dies after `ray start` has
-    closer.start()
     started = time.monotonic()
-    exited_head(port, tmp_path).stop()
+    closer.start()
+    head.stop()
     assert time.monotonic() - started >= 0.5
     assert port_free(port)
 
@@ -70,7 +71,7 @@ def test_a_port_that_stays_taken_is_logged_not_waited_on_forever(tmp_path, caplo
     port = sock.getsockname()[1]
     try:
         with caplog.at_level(logging.WARNING, logger="services.ray_head"):
-            exited_head(port, tmp_path).wait_released(timeout=0.5)
+            assert not exited_head(port, tmp_path).wait_released(timeout=0.5)
         assert f"dashboard port {port} is still taken" in caplog.text
     finally:
         sock.close()

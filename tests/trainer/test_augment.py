@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -231,9 +232,10 @@ def test_colour_operations_match_torchvision(ours, theirs, factor):
     out = ours(images.clone(), torch.full((3,), factor))
     expected = torch.stack([theirs(image, factor) for image in images])
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
-    # one view with its parameter as a Python float: the CPU's view-by-view path
-    one_by_one = torch.cat([ours(image[None].clone(), factor) for image in images])
-    torch.testing.assert_close(one_by_one, expected, atol=2e-5, rtol=0)
+    # one view with its parameter as a Python number: the CPU's view-by-view path
+    for number in (factor, np.float32(factor)) + ((int(factor),) if factor == int(factor) else ()):
+        one_by_one = torch.cat([ours(image[None].clone(), number) for image in images])
+        torch.testing.assert_close(one_by_one, expected, atol=2e-5, rtol=0)
 
 
 def test_blur_matches_torchvision():

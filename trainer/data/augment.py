@@ -104,24 +104,28 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return torch.mul(r, _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
-# A colour operation's parameter: one per view, a tensor (M,) or, for a single view, a float (the
+# A colour operation's parameter: one per view, a tensor (M,) or, for a single view, a number (the
 # view-by-view path: a Python number spares the small tensor operations that broadcasting a
 # one-element tensor costs, about 10 us each on some of this project's VMs).
 Factor = float | torch.Tensor
 
 
+def _per_view(factor: Factor) -> float | torch.Tensor:
+    """A number as a float; a tensor (M,) shaped to broadcast over views (M, C, H, W)."""
+    return factor.view(-1, 1, 1, 1) if isinstance(factor, torch.Tensor) else float(factor)
+
+
 def _blend_(x: torch.Tensor, reference: torch.Tensor, factor: Factor) -> torch.Tensor:
     """x = factor * x + (1 - factor) * reference, clamped to [0, 1], in place (``reference``, a
     temporary, is overwritten too)."""
-    if isinstance(factor, float):
-        return torch.add(reference.mul_(1.0 - factor), x, alpha=factor, out=x).clamp_(0.0, 1.0)
-    f = factor.view(-1, 1, 1, 1)
+    f = _per_view(factor)
+    if isinstance(f, float):
+        return torch.add(reference.mul_(1.0 - f), x, alpha=f, out=x).clamp_(0.0, 1.0)
     return torch.addcmul(reference.mul_(1.0 - f), x, f, out=x).clamp_(0.0, 1.0)
 
 
 def adjust_brightness_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
-    f = factor if isinstance(factor, float) else factor.view(-1, 1, 1, 1)
-    return x.mul_(f).clamp_(0.0, 1.0)
+    return x.mul_(_per_view(factor)).clamp_(0.0, 1.0)
 
 
 def adjust_contrast_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
@@ -135,8 +139,8 @@ def adjust_saturation_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
 def _hue_offsets(shift: Factor, device: torch.device) -> torch.Tensor:
     """(M, 3, 1, 1): for channels n = 5, 3, 1 (red, green, blue), n + 6 shift - 2 less the whole
     turns that put n - 1 + 6 shift in [0, 6)."""
-    if isinstance(shift, float):
-        sextants = [6.0 * shift + n for n in (5.0, 3.0, 1.0)]
+    if not isinstance(shift, torch.Tensor):
+        sextants = [6.0 * float(shift) + n for n in (5.0, 3.0, 1.0)]
         offsets = [s - 2.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
         return torch.tensor(offsets, device=device).view(1, 3, 1, 1)
     sextants = 6.0 * shift.view(-1, 1) + torch.arange(5.0, 0.0, -2.0, device=device)
