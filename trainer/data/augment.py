@@ -139,12 +139,13 @@ def adjust_saturation_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
 def _hue_offsets(shift: Factor, device: torch.device) -> torch.Tensor:
     """(M, 3, 1, 1): for channels n = 5, 3, 1 (red, green, blue), n + 6 shift - 2 less the whole
     turns that put n - 1 + 6 shift in [0, 6)."""
-    if not isinstance(shift, torch.Tensor):
-        sextants = [6.0 * float(shift) + n for n in (5.0, 3.0, 1.0)]
+    turns = _per_view(shift)
+    if isinstance(turns, float):
+        sextants = [6.0 * turns + n for n in (5.0, 3.0, 1.0)]
         offsets = [s - 2.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
         return torch.tensor(offsets, device=device).view(1, 3, 1, 1)
-    sextants = 6.0 * shift.view(-1, 1) + torch.arange(5.0, 0.0, -2.0, device=device)
-    return (sextants - 2.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)).view(-1, 3, 1, 1)
+    sextants = 6.0 * turns + torch.arange(5.0, 0.0, -2.0, device=device).view(1, 3, 1, 1)
+    return sextants - 2.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)
 
 
 def adjust_hue_(x: torch.Tensor, shift: Factor) -> torch.Tensor:
