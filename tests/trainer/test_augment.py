@@ -8,14 +8,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from trainer.data import augment as augment_module
+from trainer.data import view_kernels
 from trainer.data.augment import (
     SimCLRAugment,
-    adjust_brightness_,
-    adjust_contrast_,
-    adjust_hue_,
-    adjust_saturation_,
     gaussian_blur,
-    gaussian_blur_view_,
     interpolated_crops,
     sample_crop_boxes,
     sampled_crops,
@@ -214,28 +210,31 @@ def test_a_crop_box_outside_the_valid_region_is_clamped_to_it():
 
 
 @pytest.mark.parametrize(
-    "ours, theirs, factor",
+    "operation, factor",
     [
-        (adjust_brightness_, TF.adjust_brightness, 1.4),
-        (adjust_contrast_, TF.adjust_contrast, 0.3),
-        (adjust_saturation_, TF.adjust_saturation, 1.7),
+        ("brightness", 1.4),
+        ("contrast", 0.3),
+        ("saturation", 1.7),
         # hue shifts across the wrap of each channel's sextant (red, green, blue: n - 1 + 6 shift
         # a multiple of 6 at 1/3, 2/3 and 0) and at both ends of torchvision's range
-        *[(adjust_hue_, TF.adjust_hue, s) for s in (0.17, -0.2, 0.0, 1 / 3, -1 / 3, 0.5, -0.5)],
+        *[("hue", s) for s in (0.17, -0.2, 0.0, 1 / 3, -1 / 3, 0.5, -0.5)],
     ],
 )
-def test_colour_operations_match_torchvision(ours, theirs, factor):
+def test_colour_operations_match_torchvision(operation, factor):
     images = torch.rand(3, 3, 17, 19)
     images[0, :, :4] = 0.5  # grey pixels: zero chroma
     images[1, :2, :4] = 0.8  # red and green tie for the largest channel: red's branch
     images[2, 1:, :4] = 0.7  # green and blue tie: green's branch
-    out = ours(images.clone(), torch.full((3,), factor))
-    expected = torch.stack([theirs(image, factor) for image in images])
+    expected = torch.stack([getattr(TF, f"adjust_{operation}")(image, factor) for image in images])
+    batched = getattr(augment_module, f"adjust_{operation}_")
+    out = batched(images.clone(), torch.full((3,), factor))
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
-    # one view with its parameter as a Python number: the CPU's view-by-view path
+    # one view at a time, its parameter a Python number: the fused kernel of the CPU's path
+    one_view = getattr(view_kernels, f"adjust_{operation}_")
     for number in (factor, np.float32(factor)) + ((int(factor),) if factor == int(factor) else ()):
-        one_by_one = torch.cat([ours(image[None].clone(), number) for image in images])
-        torch.testing.assert_close(one_by_one, expected, atol=2e-5, rtol=0)
+        views = images.clone()
+        assert all(one_view(view, number) is view for view in views)  # in place
+        torch.testing.assert_close(views, expected, atol=2e-5, rtol=0)
 
 
 def test_blur_matches_torchvision():
@@ -247,12 +246,57 @@ def test_blur_matches_torchvision():
         torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("sigma, radius", [(0.1, 1), (0.7, 3), (1.9, 8), (2.0, 2)])
-def test_the_blur_of_one_view_matches_torchvision(sigma, radius):
-    view = torch.rand(3, 21, 26)
+@pytest.mark.parametrize(
+    "sigma, radius, width", [(0.1, 1, 26), (0.7, 3, 26), (1.9, 8, 26), (2.0, 2, 26), (1.5, 6, 9)]
+)
+def test_the_blur_of_one_view_matches_torchvision(sigma, radius, width):
+    """The fused kernel; at width 9 a radius of 6 reflects some taps on both sides of a pixel."""
+    view = torch.rand(3, 21, width)
     expected = TF.gaussian_blur(view, [2 * radius + 1] * 2, [sigma] * 2)
-    assert gaussian_blur_view_(view, sigma, radius) is view  # in place
+    assert view_kernels.gaussian_blur_view_(view, sigma, radius) is view  # in place
     torch.testing.assert_close(view, expected, atol=1e-5, rtol=0)
+
+
+def test_the_blur_of_one_view_refuses_a_radius_reflection_cannot_pad():
+    with pytest.raises(ValueError, match="radius"):
+        view_kernels.gaussian_blur_view_(torch.rand(3, 21, 9), 1.0, 9)
+
+
+NO_NUMBA_CACHE = """
+import numba.core.caching, torch
+numba.core.caching.CacheImpl._locator_classes = []  # no directory numba may write to
+from trainer.data import view_kernels
+view = torch.full((3, 8, 8), 0.5)
+print(view_kernels.adjust_brightness_(view, 1.5).max().item())
+"""
+
+
+def test_the_kernels_compile_where_numba_has_nowhere_to_cache_them():
+    """A read-only install without a home: numba.njit(cache=True) raises at import; the kernels
+    are then compiled in the process instead."""
+    run = subprocess.run([sys.executable, "-c", NO_NUMBA_CACHE], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["0.75"] and "no writable cache directory" in run.stderr
+
+
+def test_without_numba_the_views_are_made_batched_alike(monkeypatch, caplog):
+    """Where numba is not installed (the GPU machine's own environment), the CPU takes the batched
+    tensor path, says so once, and gives the views the kernels give."""
+    images = torch.randint(0, 256, (4, 3, 150, 150), dtype=torch.uint8)
+    augment = SimCLRAugment(128)
+    fused = augment(images, generator=torch.Generator().manual_seed(2))
+    augment_module._view_kernels.cache_clear()
+    monkeypatch.delitem(sys.modules, "trainer.data.view_kernels")
+    monkeypatch.delattr("trainer.data.view_kernels")  # the package's attribute: imported afresh
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ModuleNotFoundError
+    try:
+        assert augment_module._view_kernels() is None
+        assert not augment._view_by_view(fused[0])
+        batched = augment(images, generator=torch.Generator().manual_seed(2))
+    finally:
+        augment_module._view_kernels.cache_clear()
+    assert "numba is not installed" in caplog.text
+    torch.testing.assert_close(batched, fused, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

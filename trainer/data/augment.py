@@ -21,7 +21,8 @@ for every image and every view, with no Python loop over images. It follows the 
    [0.1, 2]).
 
 The colour operations run on the views that draw each one, so their cost is what the probabilities
-say: on a CPU view by view in place for views of 128 px or more, otherwise on the gathered subset.
+say: on a CPU view by view in place for views of 128 px or more, each operation and the blur fused
+into one or two passes over the view by numba (``view_kernels``), otherwise on the gathered subset.
 On the CPU the batch is processed in chunks (``chunk_size`` images, by default as many as keep their
 views within 8 MiB) so that intermediates stay in cache, and crops of 40 px or more are cut and
 resized one by one (``two_crops``). ``compile=True`` fuses each colour and grayscale operation, with
@@ -32,16 +33,20 @@ dimension: compiled once per process, plus a specialisation for subsets of one v
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import sys
 from collections.abc import Callable
 from functools import cache
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LUMA = (0.2989, 0.587, 0.114)
+log = logging.getLogger(__name__)
+
+LUMA = (0.2989, 0.587, 0.114)
 _CROP_TRIES = 10
 # On a CPU, crop by crop beats one grid_sample over the batch from here (measured, one thread:
 # 44 against 58 us a view at 48 px, 34 against 21 at 32 px, where the per-crop call dominates).
@@ -101,54 +106,48 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(M, 3, H, W) -> (M, 1, H, W) luma."""
     r, g, b = x.unbind(1)
-    return torch.mul(r, _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
+    return torch.mul(r, LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
 
 
-# A colour operation's parameter: one per view, a tensor (M,) or, for a single view, a number (the
-# view-by-view path: a Python number spares the small tensor operations that broadcasting a
-# one-element tensor costs, about 10 us each on some of this project's VMs).
-Factor = float | torch.Tensor
+def _per_view(factor: torch.Tensor) -> torch.Tensor:
+    """One parameter per view (M,), shaped to broadcast over views (M, C, H, W)."""
+    return factor.view(-1, 1, 1, 1)
 
 
-def _per_view(factor: Factor) -> float | torch.Tensor:
-    """A number as a float; a tensor (M,) shaped to broadcast over views (M, C, H, W)."""
-    return factor.view(-1, 1, 1, 1) if isinstance(factor, torch.Tensor) else float(factor)
-
-
-def _blend_(x: torch.Tensor, reference: torch.Tensor, factor: Factor) -> torch.Tensor:
+def _blend_(x: torch.Tensor, reference: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """x = factor * x + (1 - factor) * reference, clamped to [0, 1], in place (``reference``, a
     temporary, is overwritten too)."""
     f = _per_view(factor)
-    if isinstance(f, float):
-        return torch.add(reference.mul_(1.0 - f), x, alpha=f, out=x).clamp_(0.0, 1.0)
     return torch.addcmul(reference.mul_(1.0 - f), x, f, out=x).clamp_(0.0, 1.0)
 
 
-def adjust_brightness_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return x.mul_(_per_view(factor)).clamp_(0.0, 1.0)
 
 
-def adjust_contrast_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+def adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend_(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
 
 
-def adjust_saturation_(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend_(x, grayscale(x), factor)
 
 
-def _hue_offsets(shift: Factor, device: torch.device) -> torch.Tensor:
-    """(M, 3, 1, 1): for channels n = 5, 3, 1 (red, green, blue), n + 6 shift - 2 less the whole
-    turns that put n - 1 + 6 shift in [0, 6)."""
-    turns = _per_view(shift)
-    if isinstance(turns, float):
-        sextants = [6.0 * turns + n for n in (5.0, 3.0, 1.0)]
-        offsets = [s - 2.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
-        return torch.tensor(offsets, device=device).view(1, 3, 1, 1)
-    sextants = 6.0 * turns + torch.arange(5.0, 0.0, -2.0, device=device).view(1, 3, 1, 1)
-    return sextants - 2.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)
+def hue_offsets(turns: float) -> list[float]:
+    """For channels n = 5, 3, 1 (red, green, blue): n + 6 turns - 5 less the whole turns that put
+    n - 1 + 6 turns in [0, 6) (one view's, in Python; ``_hue_offsets`` for a batch)."""
+    sextants = [6.0 * turns + n for n in (5.0, 3.0, 1.0)]
+    return [s - 5.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
 
 
-def adjust_hue_(x: torch.Tensor, shift: Factor) -> torch.Tensor:
+def _hue_offsets(shift: torch.Tensor) -> torch.Tensor:
+    """``hue_offsets`` of each view's shift (M,), as (M, 3, 1, 1)."""
+    channels = torch.arange(5.0, 0.0, -2.0, device=shift.device).view(1, 3, 1, 1)
+    sextants = 6.0 * _per_view(shift) + channels
+    return sextants - 5.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)
+
+
+def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of every pixel of ``x`` by ``shift`` turns (one per view), keeping
     saturation and value, in place.
 
@@ -156,12 +155,13 @@ def adjust_hue_(x: torch.Tensor, shift: Factor) -> torch.Tensor:
     H = (g - b) / C where red is the largest channel, 2 + (b - r) / C where green is (and red is
     not), 4 + (r - g) / C otherwise (torchvision's ties), so H lies in [-1, 5). Channel n in
     {5: red, 3: green, 1: blue} is then V - C * clamp(min(k, 4 - k), 0, 1) with
-    k = (n + H + 6 shift) mod 6, written here as V - 2C + C * clamp(|q|, 1, 2), q = k - 2.
+    k = (n + H + 6 shift) mod 6 taken in [-1, 5), that is V - 2C + C * clamp(|k - 2|, 1, 2).
 
     The branch is taken by 0/1 masks written as floats (a product with a mask is exact, and
-    ``torch.where`` costs 25x a multiplication on a CPU). No ``remainder`` over the image: a
-    per-view offset, a whole number of turns, puts n + H + 6 shift - 2 in [-2, 10), and one
-    comparison wraps it to [-2, 4).
+    ``torch.where`` costs 25x a multiplication on a CPU). No ``remainder`` and no comparison over
+    the image: a per-view offset of whole turns puts q = n + H + 6 shift - 5 in [-5, 7), so
+    q + 3 = k - 2 + 6j with j in {0, 1, 2}, and ||q| - 3|, the distance from q + 3 to the nearer
+    of 0 and 6, is |k - 2| wherever that is under 2 (both are 2 or more elsewhere, and clamped).
     """
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)
@@ -169,18 +169,34 @@ def adjust_hue_(x: torch.Tensor, shift: Factor) -> torch.Tensor:
     # where chroma is 0 every channel equals maxc: the hue is then irrelevant, and 0 * 1e12 = 0
     inverse = chroma.clamp_min(1e-12).reciprocal_()
     red_max = torch.eq(maxc, r, out=torch.empty_like(r))
-    not_red_max = 1.0 - red_max
+    not_red_max = torch.ne(maxc, r, out=torch.empty_like(r))
     green_max = torch.eq(maxc, g, out=torch.empty_like(g)).mul_(not_red_max)
     blue_max = not_red_max.sub_(green_max)
     hue = (g - b).mul_(red_max).addcmul_(b - r, green_max).addcmul_(r - g, blue_max)
     hue.mul_(inverse).add_(green_max, alpha=2.0).add_(blue_max, alpha=4.0)
-    q = hue.unsqueeze(1) + _hue_offsets(shift, x.device)  # (M, 3, H, W) in [-2, 10)
-    q.sub_(torch.ge(q, 4.0, out=torch.empty_like(q)), alpha=6.0).abs_().clamp_(1.0, 2.0)
+    q = hue.unsqueeze(1) + _hue_offsets(shift)  # (M, 3, H, W) in [-5, 7)
+    q.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
     base = torch.add(maxc, chroma, alpha=-2.0).unsqueeze(1)
     return torch.addcmul(base, chroma.unsqueeze(1), q, out=x)
 
 
 _JITTER_OPS = (adjust_brightness_, adjust_contrast_, adjust_saturation_, adjust_hue_)
+
+
+@cache
+def _view_kernels() -> ModuleType | None:
+    """``trainer.data.view_kernels``, or None where numba is not installed (logged once)."""
+    try:
+        from trainer.data import view_kernels
+    except ModuleNotFoundError as missing:
+        if missing.name not in ("numba", "llvmlite"):
+            raise
+        log.warning(
+            "numba is not installed: SimCLRAugment's colour operations and blur run batched on "
+            "the CPU, several times slower for views of 128 px or more"
+        )
+        return None
+    return view_kernels
 
 
 def _expand_grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -382,29 +398,12 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     return flat.reshape(m, c, height, width)
 
 
-def gaussian_blur_view_(view: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
-    """``gaussian_blur`` of one view (C, H, W) in place, by shifted multiply-adds (a CPU's way).
-
-    Reflect padding, then each direction's 2 * radius + 1 taps as in-place ``add_`` of shifted
-    slices, the two taps at the same distance sharing a weight. For one view on a CPU this is
-    faster than ``gaussian_blur``'s depthwise convolutions: 0.29 against 0.70 ms at radius 1,
-    0.54 against 1.20 at 4, 1.20 against 1.69 at 8 (a 224-px view, one thread of an AVX2 AMD
-    EPYC).
-    """
-    height, width = view.shape[-2:]
-    weights = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(radius + 1)]  # centre out
-    total = weights[0] + 2.0 * sum(weights[1:])  # the taps in Python: no small tensor operations
-    weights = [w / total for w in weights]
-    padded = F.pad(view.unsqueeze(0), (radius,) * 4, mode="reflect")[0]
-    rows = padded[:, :, radius : radius + width] * weights[0]  # (C, H + 2 radius, W)
-    for i in range(1, radius + 1):
-        rows.add_(padded[:, :, radius - i : radius - i + width], alpha=weights[i])
-        rows.add_(padded[:, :, radius + i : radius + i + width], alpha=weights[i])
-    torch.mul(rows[:, radius : radius + height], weights[0], out=view)
-    for i in range(1, radius + 1):
-        view.add_(rows[:, radius - i : radius - i + height], alpha=weights[i])
-        view.add_(rows[:, radius + i : radius + i + height], alpha=weights[i])
-    return view
+def gaussian_taps(sigma: float, radius: int) -> list[float]:
+    """The taps at distance 0, 1, ..., radius of a Gaussian of ``sigma`` whose 2 radius + 1 taps
+    sum to 1 (``gaussian_kernels`` for one sigma, centre out, as Python numbers)."""
+    weights = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(radius + 1)]
+    total = weights[0] + 2.0 * sum(weights[1:])
+    return [w / total for w in weights]
 
 
 class SimCLRAugment(nn.Module):
@@ -528,12 +527,18 @@ class SimCLRAugment(nn.Module):
             self._blur(views, generator)
 
     def _view_by_view(self, views: torch.Tensor) -> bool:
-        """Whether the colour operations run view by view, in place: on a CPU without compile, for
-        views of 128 px or more, whose subsets no longer stay in cache (measured, one thread,
-        before the operations were made in place: 1.05 against 1.80 ms a view at 224 px, 0.44
-        against 0.71 at 128). Otherwise on the gathered subsets, batched (at 32 px 36 us a view
-        against 220 view by view)."""
-        return views.device.type == "cpu" and not self.compile and views.shape[-1] >= 128
+        """Whether the colour operations and the blur run view by view, in place, by the fused
+        kernels of ``view_kernels``: on a CPU without compile, for views of 128 px or more, whose
+        subsets no longer stay in cache (measured, one thread, with tensor operations before they
+        were made in place: 1.05 against 1.80 ms a view at 224 px, 0.44 against 0.71 at 128).
+        Otherwise, or where numba is missing, on the gathered subsets, batched (at 32 px 36 us a
+        view against 220 view by view)."""
+        return (
+            views.device.type == "cpu"
+            and not self.compile
+            and views.shape[-1] >= 128
+            and _view_kernels() is not None
+        )
 
     def _draw(
         self, m: int, p: float, device: torch.device, generator: torch.Generator | None
@@ -549,10 +554,10 @@ class SimCLRAugment(nn.Module):
         order = torch.rand(m, 4, device=device, generator=generator).argsort(dim=1)
         if self._view_by_view(views):
             orders, chosen = order.tolist(), apply.nonzero().squeeze(1).tolist()
-            per_view = factors.tolist()  # Python floats: see ``Factor``
+            per_view, ops = factors.tolist(), _view_kernels().JITTER_OPS
             for j in chosen:
                 for op_index in orders[j]:
-                    _JITTER_OPS[op_index](views[j : j + 1], per_view[op_index][j])
+                    ops[op_index](views[j], per_view[op_index][j])
             return
         for position in range(4):
             for op_index, op in enumerate(_JITTER_OPS):
@@ -580,6 +585,6 @@ class SimCLRAugment(nn.Module):
         if self._view_by_view(views):  # each view's taps reach 4 of its own sigmas (4.7 on average)
             for j, view_sigma in zip(chosen.tolist(), sigma[chosen].tolist(), strict=True):
                 radius = min(self.blur_radius, math.ceil(4 * view_sigma))
-                gaussian_blur_view_(views[j], view_sigma, radius)
+                _view_kernels().gaussian_blur_view_(views[j], view_sigma, radius)
         elif chosen.numel():
             apply_to_subset(gaussian_blur, views, chosen, sigma[chosen], self.blur_radius)
