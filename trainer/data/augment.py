@@ -21,7 +21,7 @@ for every image and every view, with no Python loop over images. It follows the 
    [0.1, 2]).
 
 The colour operations run on the views that draw each one, so their cost is what the probabilities
-say: on a CPU view by view in place for views of 128 px or more, each operation and the blur fused
+say: on a CPU view by view in place for views of 64 px or more, each operation and the blur fused
 into one or two passes over the view by numba (``view_kernels``), otherwise on the gathered subset.
 On the CPU the batch is processed in chunks (``chunk_size`` images, by default as many as keep their
 views within 8 MiB) so that intermediates stay in cache, and crops of 40 px or more are cut and
@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable
 from functools import cache
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +48,13 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 LUMA = (0.2989, 0.587, 0.114)
+Sextants = TypeVar("Sextants", float, torch.Tensor)
 _CROP_TRIES = 10
 # On a CPU, crop by crop beats one grid_sample over the batch from here (measured, one thread:
 # 44 against 58 us a view at 48 px, 34 against 21 at 32 px, where the per-crop call dominates).
 _CROP_BY_CROP_MIN_SIZE = 40
+# On a CPU, the colour operations and the blur view by view from here (``_view_by_view``).
+_VIEW_BY_VIEW_MIN_SIZE = 64
 # The views of one CPU chunk: few enough to stay in cache (6 images at 224 px; 4 to 8 measured
 # alike), many enough that small views are not processed a few at a time (8 at 32 px: 2.7x slower
 # than the default 341).
@@ -133,18 +137,17 @@ def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend_(x, grayscale(x), factor)
 
 
-def hue_offsets(turns: float) -> list[float]:
-    """For channels n = 5, 3, 1 (red, green, blue): n + 6 turns - 5 less the whole turns that put
-    n - 1 + 6 turns in [0, 6) (one view's, in Python; ``_hue_offsets`` for a batch)."""
-    sextants = [6.0 * turns + n for n in (5.0, 3.0, 1.0)]
-    return [s - 5.0 - 6.0 * math.floor((s - 1.0) / 6.0) for s in sextants]
+def hue_offset(sextants: Sextants) -> Sextants:
+    """n + 6 shift - 5 for a channel's n + 6 shift (``sextants``: a number, or a tensor of them),
+    less the whole turns that put n - 1 + 6 shift in [0, 6): see ``adjust_hue_``."""
+    return sextants - 5.0 - 6.0 * ((sextants - 1.0) // 6.0)
 
 
 def _hue_offsets(shift: torch.Tensor) -> torch.Tensor:
-    """``hue_offsets`` of each view's shift (M,), as (M, 3, 1, 1)."""
+    """``hue_offset`` of each view's shift (M,) for channels n = 5, 3, 1 (red, green, blue), as
+    (M, 3, 1, 1)."""
     channels = torch.arange(5.0, 0.0, -2.0, device=shift.device).view(1, 3, 1, 1)
-    sextants = 6.0 * _per_view(shift) + channels
-    return sextants - 5.0 - 6.0 * torch.floor((sextants - 1.0) / 6.0)
+    return hue_offset(6.0 * _per_view(shift) + channels)
 
 
 def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -185,17 +188,19 @@ _JITTER_OPS = (adjust_brightness_, adjust_contrast_, adjust_saturation_, adjust_
 
 @cache
 def _view_kernels() -> ModuleType | None:
-    """``trainer.data.view_kernels``, or None where numba is not installed (logged once)."""
+    """``trainer.data.view_kernels``, or None where numba cannot be imported (logged once)."""
     try:
-        from trainer.data import view_kernels
-    except ModuleNotFoundError as missing:
-        if missing.name not in ("numba", "llvmlite"):
-            raise
+        import numba  # noqa: F401
+    except ImportError as missing:  # not installed, or built for another numpy
         log.warning(
-            "numba is not installed: SimCLRAugment's colour operations and blur run batched on "
-            "the CPU, several times slower for views of 128 px or more"
+            "numba cannot be imported (%s): SimCLRAugment's colour operations and blur run "
+            "batched on the CPU, several times slower for views of %d px or more",
+            missing,
+            _VIEW_BY_VIEW_MIN_SIZE,
         )
         return None
+    from trainer.data import view_kernels
+
     return view_kernels
 
 
@@ -398,14 +403,6 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     return flat.reshape(m, c, height, width)
 
 
-def gaussian_taps(sigma: float, radius: int) -> list[float]:
-    """The taps at distance 0, 1, ..., radius of a Gaussian of ``sigma`` whose 2 radius + 1 taps
-    sum to 1 (``gaussian_kernels`` for one sigma, centre out, as Python numbers)."""
-    weights = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(radius + 1)]
-    total = weights[0] + 2.0 * sum(weights[1:])
-    return [w / total for w in weights]
-
-
 class SimCLRAugment(nn.Module):
     """Two SimCLR views of a batch: ``forward(images, sizes=None) -> (view_a, view_b)``.
 
@@ -528,15 +525,16 @@ class SimCLRAugment(nn.Module):
 
     def _view_by_view(self, views: torch.Tensor) -> bool:
         """Whether the colour operations and the blur run view by view, in place, by the fused
-        kernels of ``view_kernels``: on a CPU without compile, for views of 128 px or more, whose
-        subsets no longer stay in cache (measured, one thread, with tensor operations before they
-        were made in place: 1.05 against 1.80 ms a view at 224 px, 0.44 against 0.71 at 128).
-        Otherwise, or where numba is missing, on the gathered subsets, batched (at 32 px 36 us a
-        view against 220 view by view)."""
+        kernels of ``view_kernels``: on a CPU without compile, for views of 64 px or more.
+        Otherwise, or where numba is missing, on the gathered subsets, batched. Measured, views/s
+        of the whole module (views by view against batched): 2,186 against 628 at 128 px, 5,458
+        against 2,665 at 64 px one thread, 5,947 against 3,904 two; at 32 px 13,200 against
+        11,062 one thread but 15,621 against 18,208 two, where the batched operations share the
+        threads (``docs/benchmarks.md``)."""
         return (
             views.device.type == "cpu"
             and not self.compile
-            and views.shape[-1] >= 128
+            and views.shape[-1] >= _VIEW_BY_VIEW_MIN_SIZE
             and _view_kernels() is not None
         )
 
