@@ -410,7 +410,8 @@ class SimCLRAugment(nn.Module):
         size: side of the square output views.
         strength: colour-jitter strength s (1.0 for ImageNet, 0.5 for the CIFAR recipe).
         blur: apply the Gaussian blur (off in the CIFAR recipe).
-        compile: fuse the colour kernels with ``torch.compile`` (slow to start, faster after).
+        compile: fuse the batched colour operations with ``torch.compile`` (slow to start; on a
+            CPU the default's numba kernels are faster from 64 px, the compiled module under it).
         chunk_size: images processed at once on the CPU (None: as many as keep their two views
             within 8 MiB, 6 at 224 px, 341 at 32 px); on other devices the whole batch is always
             processed at once.
@@ -527,7 +528,7 @@ class SimCLRAugment(nn.Module):
         """Whether the colour operations and the blur run view by view, in place, by the fused
         kernels of ``view_kernels``: on a CPU without compile, for views of 64 px or more.
         Otherwise, or where numba is missing, on the gathered subsets, batched. Measured, views/s
-        of the whole module (views by view against batched): 2,186 against 628 at 128 px, 5,458
+        of the whole module (view by view against batched): 2,186 against 628 at 128 px, 5,458
         against 2,665 at 64 px one thread, 5,947 against 3,904 two; at 32 px 13,200 against
         11,062 one thread but 15,621 against 18,208 two, where the batched operations share the
         threads (``docs/benchmarks.md``)."""
