@@ -582,8 +582,9 @@ class SimCLRAugment(nn.Module):
         if self.blur_radius == 0:
             return
         if self._view_by_view(views):  # each view's taps reach 4 of its own sigmas (4.7 on average)
+            blur_view_ = _view_kernels().gaussian_blur_view_
             for j, view_sigma in zip(chosen.tolist(), sigma[chosen].tolist(), strict=True):
                 radius = min(self.blur_radius, math.ceil(4 * view_sigma))
-                _view_kernels().gaussian_blur_view_(views[j], view_sigma, radius)
+                blur_view_(views[j], view_sigma, radius)
         elif chosen.numel():
             apply_to_subset(gaussian_blur, views, chosen, sigma[chosen], self.blur_radius)
