@@ -2,10 +2,11 @@
 # The wheels the lent GPU machine lacks for `python -m bench.gpu_check`, for its CPython 3.12 on
 # x86-64, downloaded here into gpu-wheels/ (git-ignored; it travels with the working tree through
 # the device tool's `carry`, under its 64 MiB limit). That machine has torch 2.11, torchvision,
-# numpy, Pillow, PyYAML, tqdm, pytest and pytorch-lightning, but no pydantic (the configs the
-# trainer imports) and no lightly (the peer). On the machine:
-#   pip install --no-index --no-deps --target gpu-wheels/site gpu-wheels/*.whl
-#   PYTHONPATH=gpu-wheels/site:. python -m bench.gpu_check --out "$OUT"
+# numpy, numba, Pillow, PyYAML, tqdm, pytest and pytorch-lightning, but no pydantic (the configs the
+# trainer imports) and no lightly (the peer). On the machine (its torch is python3's; the whole
+# command is in docs/benchmarks.md):
+#   python3 -m pip install --no-index --no-deps --target gpu-wheels/site gpu-wheels/*.whl
+#   PYTHONPATH=gpu-wheels/site:. python3 -m bench.gpu_check --out "$OUT"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}

@@ -478,8 +478,10 @@ def main() -> None:
             plot(args.plot, title, curves, floors)
         return
     print(f"# {machine_summary()}", flush=True)
-    precision, why, _ = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"# ours' precision: {precision} ({why}); seed {args.seed}", flush=True)
+    print(f"# seed {args.seed}", flush=True)
+    if args.only != "lightly":  # lightly runs fp32: no probe of the bf16 kernels for it
+        precision, why, _ = resolve_precision(args.precision, torch.device("cpu"))
+        print(f"# ours' precision: {precision} ({why})", flush=True)
     with tempfile.TemporaryDirectory() as temporary:
         scratch = Path(temporary)
         train, test, size = load_split(args.data, scratch)

@@ -27,6 +27,31 @@ def _seed():
     torch.manual_seed(0)
 
 
+_CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+
+
+@pytest.fixture(params=["cpu", _CUDA])
+def device(request) -> Iterator[torch.device]:
+    """The device a test runs on: the CPU, and a CUDA GPU where there is one (that case is marked
+    ``cuda``; ``bench.gpu_check`` runs ``pytest -m cuda`` on the GPU). TF32 is off on CUDA for the
+    test's length: the tests compare with fp32 references, which TF32's 10-bit mantissa misses."""
+    if request.param == "cpu":
+        yield torch.device("cpu")
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield torch.device("cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """One Ray head for the whole test session (starting one takes seconds), with its dashboard

@@ -61,14 +61,17 @@ def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
     in rollback-journal mode (as another process's own switch does, when several API processes
     start together on a new database) SQLite answers SQLITE_BUSY at once instead of waiting out
     the busy timeout. So the change is retried with backoff until ``timeout_s``, as a busy wait
-    would; any other error is raised at once."""
+    would; any other error is raised at once. Where SQLite cannot use WAL at all it keeps the old
+    mode without an error, and answers with it: that is raised too (``RuntimeError``), since the
+    service's reads run beside a writer only under WAL."""
     deadline = time.monotonic() + timeout_s
     pause = 0.01
     while True:
         try:
-            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                connection.execute("PRAGMA journal_mode=WAL")
-            return
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            break
         except sqlite3.OperationalError as error:
             remaining = deadline - time.monotonic()
             busy = (error.sqlite_errorcode & 0xFF) == sqlite3.SQLITE_BUSY
@@ -76,6 +79,11 @@ def use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
                 raise
         time.sleep(min(pause, remaining))
         pause = min(2 * pause, 0.25)
+    if mode != "wal":
+        raise RuntimeError(
+            f"SQLite kept the {mode!r} journal mode where the service needs WAL: put the database"
+            " on a local filesystem, or use PostgreSQL"
+        )
 
 
 def alembic_config() -> Config:

@@ -5,9 +5,12 @@ table and JSON and prints its summary last."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from bench.gpu_check import suite_cuda_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +35,23 @@ def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
     assert all(r["images_per_s"] > 0 and r["share_of_matmul_rate"] > 0 for r in rows)
     assert sections["4. batch 4096 on one device"]["cache_seconds_per_step"] > 0
     checks = sections["5. correctness"]["checks"]
-    assert len(checks) == 4 and all(checks.values())
+    assert len(checks) == 5 and all(checks.values())
+    # the suite's CUDA cases are collected (a CPU skips each): "29 skipped, 74 deselected in ..."
+    assert re.match(r"[1-9]\d* skipped, \d+ deselected", sections["5. correctness"]["pytest_cuda"])
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check: CPU")
     assert result.stdout.strip().splitlines()[-1].startswith("gpu-check CPU")
+
+
+def test_a_failed_cuda_case_fails_the_check_and_is_named(tmp_path, capsys):
+    failing = tmp_path / "test_on_device.py"
+    failing.write_text(
+        "import pytest\n\n\n@pytest.mark.cuda\ndef test_on_device():\n    assert 1 == 2\n\n\n"
+        "def test_elsewhere():\n    pass\n"
+    )
+    figures: dict = {}
+    assert not suite_cuda_cases((str(failing),), figures)
+    assert figures["pytest_cuda"].startswith("1 failed, 1 deselected")
+    [failed] = figures["pytest_cuda_failed"]
+    assert failed.startswith("FAILED ") and failed.endswith("::test_on_device - assert 1 == 2")
+    assert "E   assert 1 == 2" in capsys.readouterr().out  # the whole report in the log
+    assert not suite_cuda_cases((str(tmp_path / "missing.py"),), {})  # nothing collected

@@ -272,6 +272,19 @@ def test_a_writer_that_never_commits_fails_the_switch_after_the_timeout(tmp_path
         writer.close()
 
 
+def test_a_database_that_keeps_another_journal_mode_is_refused_at_once():
+    """SQLite answers ``PRAGMA journal_mode=WAL`` with the mode it kept where it cannot use WAL
+    (an in-memory database here), without an error: that must not pass as a switch."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="kept the 'memory' journal mode"):
+            use_wal(memory, timeout_s=30)
+        assert time.monotonic() - started < 5
+    finally:
+        memory.close()
+
+
 def test_an_error_other_than_busy_is_raised_without_waiting(tmp_path):
     """Only SQLITE_BUSY is worth a retry: a database opened read-only refuses the switch, and
     that is raised at once, not after the timeout."""

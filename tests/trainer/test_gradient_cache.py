@@ -33,12 +33,12 @@ def _eval_dropout_free(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 8])
-def test_chunked_gradients_equal_whole_batch_gradients(chunk_size):
+def test_chunked_gradients_equal_whole_batch_gradients(chunk_size, device):
     whole, chunked = (
-        _eval_dropout_free(_group_norm_model()),
-        _eval_dropout_free(_group_norm_model()),
+        _eval_dropout_free(_group_norm_model()).to(device),
+        _eval_dropout_free(_group_norm_model()).to(device),
     )
-    view_a, view_b = _views(LOCAL_N)
+    view_a, view_b = (view.to(device) for view in _views(LOCAL_N))
     z_a, z_b = whole(torch.cat([view_a, view_b])).chunk(2)
     loss = nt_xent(z_a, z_b, 0.1)
     loss.backward()
@@ -48,9 +48,10 @@ def test_chunked_gradients_equal_whole_batch_gradients(chunk_size):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_dropout_is_replayed_between_the_two_passes():
-    model = _group_norm_model()
-    view_a, view_b = _views(LOCAL_N)
+def test_dropout_is_replayed_between_the_two_passes(device):
+    """The masks of the first pass come back in the second, on the device's own generator too."""
+    model = _group_norm_model().to(device)
+    view_a, view_b = (view.to(device) for view in _views(LOCAL_N))
     torch.manual_seed(9)
     gradient_cache_backward(model, view_a, view_b, 0.1, 4)
     grads = [p.grad.clone() for p in model.parameters()]
@@ -59,12 +60,7 @@ def test_dropout_is_replayed_between_the_two_passes():
     model.zero_grad()
     torch.manual_seed(9)
     chunks = [*view_a.split(4), *view_b.split(4)]
-    states = []
-    outputs = []
-    for chunk in chunks:
-        states.append(torch.get_rng_state())
-        outputs.append(model(chunk))
-    z_a, z_b = torch.cat(outputs).split(LOCAL_N)
+    z_a, z_b = torch.cat([model(chunk) for chunk in chunks]).split(LOCAL_N)
     nt_xent(z_a, z_b, 0.1).backward()
     for a, b in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-7)

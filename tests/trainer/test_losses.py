@@ -23,8 +23,8 @@ def reference_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) 
 
 
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5])
-def test_matches_equation_one(temperature):
-    z_a, z_b = torch.randn(6, 5), torch.randn(6, 5)
+def test_matches_equation_one(temperature, device):
+    z_a, z_b = torch.randn(6, 5, device=device), torch.randn(6, 5, device=device)
     assert nt_xent(z_a, z_b, temperature).item() == pytest.approx(
         reference_nt_xent(z_a, z_b, temperature), rel=1e-5
     )
@@ -47,12 +47,12 @@ def reference_nt_xent_tensor(
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
-def test_gradient_matches_autograd_through_equation_one(temperature):
+def test_gradient_matches_autograd_through_equation_one(temperature, device):
     """Both the anchors' and the negatives' paths carry gradient: detaching either (a bug some
     implementations shipped) changes the gradient, not the value."""
     generator = torch.Generator().manual_seed(3)
-    z_a = torch.randn(5, 4, generator=generator, dtype=torch.float64)
-    z_b = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    z_a = torch.randn(5, 4, generator=generator, dtype=torch.float64).to(device)
+    z_b = torch.randn(5, 4, generator=generator, dtype=torch.float64).to(device)
     ours = [z_a.clone().requires_grad_(), z_b.clone().requires_grad_()]
     nt_xent(*ours, temperature).backward()
     reference = [z_a.clone().requires_grad_(), z_b.clone().requires_grad_()]
@@ -74,9 +74,9 @@ def test_aligned_views_score_lower_than_random_ones():
     assert nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1) < nt_xent(z, torch.randn_like(z), 0.1)
 
 
-def test_stable_at_low_temperature_with_bf16_inputs():
-    z_a = (torch.randn(64, 128) * 50).requires_grad_()
-    z_b = z_a.detach() + torch.randn(64, 128)
+def test_stable_at_low_temperature_with_bf16_inputs(device):
+    z_a = (torch.randn(64, 128, device=device) * 50).requires_grad_()
+    z_b = z_a.detach() + torch.randn(64, 128, device=device)
     loss_bf16 = nt_xent(z_a.bfloat16(), z_b.bfloat16(), 0.05)
     assert loss_bf16.dtype == torch.float32
     assert torch.isfinite(loss_bf16)
