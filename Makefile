@@ -27,7 +27,7 @@ demo-local: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -m "not fault"
+	$(PYTHON) -m pytest -m "not fault" --durations=15
 
 # Fault injection: a Ray head killed mid-run, a Ray Train worker killed, a database cut for 30 s
 # (several minutes on 2 cores).

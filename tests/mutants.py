@@ -49,6 +49,10 @@ IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
 RUN_LENGTH = ("tests/trainer/test_pretrain.py", "tests/trainer/test_input_pipeline.py")
 SQLITE_START = ("tests/services/test_migrations.py",)
 PRECISION = ("tests/trainer/test_precision.py",)
+GENERATIVE_RANKS = (
+    "tests/trainer/test_generative_jobs.py::"
+    "test_each_kind_trains_data_parallel_on_two_ranks_that_keep_equal_weights",
+)
 
 MUTANTS = (
     Mutant("nt_xent: negatives detached", "trainer/losses.py",
@@ -158,6 +162,15 @@ MUTANTS = (
            "if not busy or remaining <= 0:", "if True:", SQLITE_START),
     Mutant("SQLite WAL switch: every error is retried", "services/store/db.py",
            "if not busy or remaining <= 0:", "if remaining <= 0:", SQLITE_START),
+    Mutant("SQLite WAL switch: a journal mode SQLite kept passes as WAL", "services/store/db.py",
+           'if mode != "wal":\n        raise', 'if False:\n        raise', SQLITE_START),
+    Mutant("generative data parallelism: gradients not averaged over the ranks",
+           "trainer/generative/tasks.py", "average_gradients(module.parameters())", "pass",
+           GENERATIVE_RANKS),
+    Mutant("generative data parallelism: the GAN generator's batch norm per rank",
+           "trainer/generative/tasks.py",
+           "generator = convert_to_global_batch_norm(generator)", "generator = generator",
+           GENERATIVE_RANKS),
     Mutant("precision auto: the CPU probe's ratio inverted", "trainer/precision.py",
            'return best["fp32"] / best["bf16"]', 'return best["bf16"] / best["fp32"]', PRECISION),
     Mutant("precision auto: bf16 by the flags alone", "trainer/precision.py",

@@ -54,7 +54,8 @@ def test_shapes_dtypes_and_range(dtype, channels, device):
             and view.dtype == torch.float32
             and view.device == images.device
         )
-        assert view.min() >= 0 and view.max() <= 1
+        # the blur's taps sum to 1 within rounding, as torchvision's: a white patch may reach 1 + ulp
+        assert view.min() >= 0 and view.max() <= 1 + 1e-6
 
 
 def test_rejects_bad_input():

@@ -1,19 +1,26 @@
-"""Every generative kind trains, reports, draws, and resumes exactly, on the local session; configs
-reject what cannot run. (The same loop on Ray workers through the API: test_generative_service.py.)"""
+"""Every generative kind trains, reports, draws, and resumes exactly, on the local session, and
+trains data-parallel on 2 gloo ranks that keep equal weights; configs reject what cannot run. (The
+same loop on Ray workers through the API: test_generative_service.py.)"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from pydantic import ValidationError
 
+from tests.distributed import run_on_ranks
 from trainer.contracts.config import DatasetConfig, read_mapping
 from trainer.contracts.kinds import KINDS, kinds
 from trainer.contracts.spec import JobSpec
+from trainer.generative import loop
 from trainer.generative.data import load_images
 from trainer.generative.frechet import InceptionFeatures, frechet_distance
 from trainer.generative.loop import run_generative
@@ -90,6 +97,62 @@ def test_each_kind_trains_reports_draws_and_resumes_exactly(kind, data, tmp_path
     assert expected.keys() == got.keys()
     for name, value in expected.items():
         assert torch.equal(value, got[name]), f"{kind}: {name} differs after resuming"
+
+
+class RankSession(LocalSession):
+    """A ``LocalSession`` on one rank of the initialised process group, in a folder of its own;
+    as on Ray, the loop gives only rank 0 a state to checkpoint."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(output_dir)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+
+# every kind on the toy data; the GAN also on digits, whose image generator has batch norm
+ON_TWO_RANKS = [(kind, TOY) for kind in kinds("generate")] + [("gan", DIGITS)]
+
+
+def _every_kind_on_this_rank(rank: int, world: int, root: str) -> dict:
+    """Each case's steps, losses and final weights (every network's state) on this rank."""
+    made = []
+
+    def recording(kind: str):
+        def make(*args, **kwargs):
+            made.append(loop_task_of(kind)(*args, **kwargs))
+            return made[-1]
+
+        return make
+
+    loop_task_of, results = loop.task_of, {}
+    for kind, data in ON_TWO_RANKS:
+        made.clear()
+        session = RankSession(Path(root, f"{kind}-{data['name']}", f"rank{rank}"))
+        with mock.patch.object(loop, "task_of", recording):
+            run = run_generative(kind, config_of(kind, data, precision="fp32"), session,
+                                 progress=False)  # fmt: skip
+        weights = {f"{name}.{key}": value.clone() for name, network in made[0].networks.items()
+                   for key, value in network.state_dict().items()}  # fmt: skip
+        results[kind, data["name"]] = (run.steps, [row["loss"] for row in run.history], weights)
+    return results
+
+
+def test_each_kind_trains_data_parallel_on_two_ranks_that_keep_equal_weights(tmp_path):
+    """The arithmetic the Ray workers run, without Ray: gradients averaged over the ranks (every
+    network, every optimiser), batch-norm statistics shared (the GAN's generator), metrics the
+    mean over the ranks; a network left out of either would drift apart on the two ranks."""
+    ranks = run_on_ranks(functools.partial(_every_kind_on_this_rank, root=str(tmp_path)))
+    for kind, data in ON_TWO_RANKS:
+        case = f"{kind}-{data['name']}"
+        (steps, losses, weights), (other_steps, other_losses, other_weights) = (
+            rank[kind, data["name"]] for rank in ranks
+        )
+        assert steps == other_steps == 4 and losses == other_losses, case
+        assert weights.keys() == other_weights.keys()
+        for name, value in weights.items():
+            assert torch.equal(value, other_weights[name]), f"{case}: {name} differs between ranks"
+        checkpoints = sorted(p.name for p in (tmp_path / case / "rank0" / "checkpoints").iterdir())
+        assert checkpoints == ["step-00000002.pt", "step-00000004.pt"], case
+        assert not (tmp_path / case / "rank1" / "checkpoints").exists()
 
 
 def test_configs_reject_what_cannot_run():
