@@ -130,6 +130,7 @@ def _every_kind_on_this_rank(rank: int, world: int, root: str) -> dict:
         with mock.patch.object(loop, "task_of", recording):
             run = run_generative(kind, config_of(kind, data, precision="fp32"), session,
                                  progress=False)  # fmt: skip
+        assert len(made) == 1, "run_generative made more than one task"
         weights = {f"{name}.{key}": value.clone() for name, network in made[0].networks.items()
                    for key, value in network.state_dict().items()}  # fmt: skip
         results[kind, data["name"]] = (run.steps, [row["loss"] for row in run.history], weights)

@@ -9,6 +9,11 @@ from trainer.losses import nt_xent
 LOCAL_N = 8
 
 
+def rounding(device: torch.device) -> dict[str, float]:
+    """Tolerances for the same sums in other orders: a GPU picks its kernels by batch size."""
+    return {"rtol": 1e-4, "atol": 1e-6 if device.type == "cuda" else 1e-7}
+
+
 def _group_norm_model() -> nn.Module:
     """No batch-dependent layer: chunking must not change the gradient at all."""
     torch.manual_seed(5)
@@ -43,10 +48,11 @@ def test_chunked_gradients_equal_whole_batch_gradients(chunk_size, device):
     loss = nt_xent(z_a, z_b, 0.1)
     loss.backward()
     cached_loss = gradient_cache_backward(chunked, view_a, view_b, 0.1, chunk_size)
-    # float32 sums in other orders (a GPU picks its kernels by batch size): rounding, no more
-    assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert cached_loss.item() == pytest.approx(
+        loss.item(), rel=1e-5 if device.type == "cuda" else 1e-6
+    )
     for a, b in zip(whole.parameters(), chunked.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b.grad, a.grad, **rounding(device))
 
 
 def test_dropout_is_replayed_between_the_two_passes(device):
@@ -64,7 +70,7 @@ def test_dropout_is_replayed_between_the_two_passes(device):
     z_a, z_b = torch.cat([model(chunk) for chunk in chunks]).split(LOCAL_N)
     nt_xent(z_a, z_b, 0.1).backward()
     for a, b in zip(grads, model.parameters(), strict=True):
-        torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b.grad, **rounding(device))
 
 
 def test_batch_norm_statistics_move_once_per_chunk_in_the_second_pass_only():
