@@ -60,7 +60,7 @@ from trainer.global_bn import convert_to_global_batch_norm
 from trainer.gradient_cache import gradient_cache_backward
 from trainer.losses import nt_xent
 from trainer.optim import LARS, lars_param_groups
-from trainer.precision import autocast_for
+from trainer.precision import autocast_for, without_tf32
 
 TEMPERATURE = 0.1
 CUDA_TESTS = ("tests/trainer/test_augment.py", "tests/trainer/test_losses.py",
@@ -126,7 +126,6 @@ class Report:
     def save(self) -> None:
         """``gpu_check.json`` and ``gpu_check.md`` under ``out``, each written whole, then renamed."""
         self.data["seconds"] = time.perf_counter() - self.start
-        self.out.mkdir(parents=True, exist_ok=True)
         for name, text in (("gpu_check.json", json.dumps(self.data, indent=2, default=str)),
                            ("gpu_check.md", markdown(self.data))):  # fmt: skip
             partial = self.out / f".{name}.partial"
@@ -457,10 +456,7 @@ def correctness(report: Report) -> None:
         figures["bf16_loss_relative_error"] = abs(bf16.item() - fp32.item()) / fp32.item()
         checks["bf16 loss within 2 % of fp32"] = figures["bf16_loss_relative_error"] < 0.02
 
-        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-        cudnn_tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        try:  # exact arithmetic, no batch-dependent layer: the chunked gradient is the whole one
+        with without_tf32():  # exact arithmetic, no batch-dependent layer: chunked = whole
             whole, chunked = (_group_norm_net(device) for _ in range(2))
             view_a, view_b = torch.randn(2, 16, 3, 12, 12, device=device)
             nt_xent(*whole(torch.cat([view_a, view_b])).chunk(2), TEMPERATURE).backward()
@@ -469,9 +465,6 @@ def correctness(report: Report) -> None:
                 torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6)
                 for a, b in zip(whole.parameters(), chunked.parameters(), strict=True)
             )
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-            torch.backends.cudnn.allow_tf32 = cudnn_tf32
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
             raise AssertionError(f"failed: {'; '.join(failed)}")

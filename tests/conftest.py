@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainer.contracts.ray_auth import use_token_auth_when_available
+from trainer.precision import without_tf32
 
 # Ray reads RAY_AUTH_MODE when it is imported: a client of a token cluster must say so first.
 use_token_auth_when_available()
@@ -44,12 +45,8 @@ def device(request) -> Iterator[torch.device]:
     if request.param == "cpu":
         yield torch.device("cpu")
         return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with without_tf32():
         yield torch.device("cuda")
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -158,6 +159,18 @@ def autocast_for(precision: str, device: torch.device) -> AbstractContextManager
     if precision == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def without_tf32() -> Iterator[None]:
+    """CUDA matmuls and convolutions in full fp32 (TF32 off) inside the block, the previous settings
+    restored after: for comparisons with fp32 references (TF32 keeps 10 mantissa bits)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from trainer.generative import loop
 from trainer.generative.data import load_images
 from trainer.generative.frechet import InceptionFeatures, frechet_distance
 from trainer.generative.loop import run_generative
+from trainer.generative.tasks import task_of
 from trainer.session import LocalSession
 
 TINY_UNET = {
@@ -118,12 +119,12 @@ def _every_kind_on_this_rank(rank: int, world: int, root: str) -> dict:
 
     def recording(kind: str):
         def make(*args, **kwargs):
-            made.append(loop_task_of(kind)(*args, **kwargs))
+            made.append(task_of(kind)(*args, **kwargs))
             return made[-1]
 
         return make
 
-    loop_task_of, results = loop.task_of, {}
+    results = {}
     for kind, data in ON_TWO_RANKS:
         made.clear()
         session = RankSession(Path(root, f"{kind}-{data['name']}", f"rank{rank}"))

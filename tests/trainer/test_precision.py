@@ -25,7 +25,13 @@ from trainer.finetune import Classifier, finetune_worker
 from trainer.generative.data import load_generative_data
 from trainer.generative.loop import run_generative
 from trainer.generative.tasks import task_of
-from trainer.precision import Resolution, autocast_for, cpu_bf16_flags, resolve_precision
+from trainer.precision import (
+    Resolution,
+    autocast_for,
+    cpu_bf16_flags,
+    resolve_precision,
+    without_tf32,
+)
 from trainer.pretrain import pretrain
 from trainer.session import LocalSession
 from trainer.simclr_recipe import build_augment, build_model, simclr_loss
@@ -246,3 +252,16 @@ def test_a_bf16_gan_step_scores_the_generator_with_the_critic_just_updated():
         fresh = critic(x)  # a new context: bf16 copies of the updated weights
     assert not torch.equal(before, fresh)
     assert torch.equal(after, fresh)
+
+
+def test_without_tf32_turns_it_off_inside_and_restores_the_settings_even_on_an_error():
+    backends = torch.backends
+    saved = backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+    try:
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = True, False
+        with pytest.raises(KeyError), without_tf32():
+            assert not backends.cuda.matmul.allow_tf32 and not backends.cudnn.allow_tf32
+            raise KeyError("inside")
+        assert (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32) == (True, False)
+    finally:
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved
