@@ -65,7 +65,8 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
 
     Args:
         z_a, z_b: (n, d) projections of the first and second view of this process's n images; any
-            floating dtype (bf16 included): the similarities are computed in fp32.
+            floating dtype (bf16 included): the similarities are computed in fp32, inside an
+            autocast block too.
         temperature: tau > 0.
     Returns:
         A scalar fp32 tensor. On one process it is eq. (1) averaged over 2n anchors; under
@@ -77,20 +78,21 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    n = z_a.shape[0]
-    z_a = F.normalize(z_a.float(), dim=1)
-    z_b = F.normalize(z_b.float(), dim=1)
-    # one collective for both views: gather the (n, 2d) rows [z_a | z_b]
-    gathered, offset, world = _gather_with_grad(torch.cat([z_a, z_b], dim=1))
-    all_a, all_b = gathered.split(z_a.shape[1], dim=1)
-    big_n = n * world
-    columns = torch.cat([all_a, all_b])  # (2N, d): all first views, then all second views
-    anchors = torch.cat([z_a, z_b])  # (2n, d): this rank's rows of ``columns``
-    logits = anchors @ columns.T / temperature  # (2n, 2N)
+    with torch.autocast(z_a.device.type, enabled=False):  # fp32 inside the network's autocast too
+        n = z_a.shape[0]
+        z_a = F.normalize(z_a.float(), dim=1)
+        z_b = F.normalize(z_b.float(), dim=1)
+        # one collective for both views: gather the (n, 2d) rows [z_a | z_b]
+        gathered, offset, world = _gather_with_grad(torch.cat([z_a, z_b], dim=1))
+        all_a, all_b = gathered.split(z_a.shape[1], dim=1)
+        big_n = n * world
+        columns = torch.cat([all_a, all_b])  # (2N, d): all first views, then all second views
+        anchors = torch.cat([z_a, z_b])  # (2n, d): this rank's rows of ``columns``
+        logits = anchors @ columns.T / temperature  # (2n, 2N)
 
-    local = torch.arange(n, device=z_a.device) + offset
-    self_column = torch.cat([local, local + big_n])
-    positive_column = torch.cat([local + big_n, local])
-    rows = torch.arange(2 * n, device=z_a.device)
-    logits[rows, self_column] = float("-inf")
-    return F.cross_entropy(logits, positive_column)
+        local = torch.arange(n, device=z_a.device) + offset
+        self_column = torch.cat([local, local + big_n])
+        positive_column = torch.cat([local + big_n, local])
+        rows = torch.arange(2 * n, device=z_a.device)
+        logits[rows, self_column] = float("-inf")
+        return F.cross_entropy(logits, positive_column)

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.gpu_check import suite_cuda_cases
+import torch
+
+from bench import gpu_check
+from bench.gpu_check import EAGER, SMOKE, Report, steps, suite_cuda_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,17 +30,17 @@ def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
     sections = report["sections"]
     assert list(sections) == ["1. augmentation", "2. SimCLR step, ResNet-50",
                               "3. whole step from uint8", "4. batch 4096 on one device",
-                              "5. correctness", "6. the suite's CUDA cases"]  # fmt: skip
+                              "5. the suite's CUDA cases", "6. correctness"]  # fmt: skip
     rows = sections["2. SimCLR step, ResNet-50"]["rows"]
     assert [(r["variant"], r["images"]) for r in rows] == [
         ("fp32 eager", 2), ("bf16 + channels-last", 2), ("fp32 eager", 4),
         ("bf16 + channels-last", 4)]  # fmt: skip
     assert all(r["images_per_s"] > 0 and r["share_of_matmul_rate"] > 0 for r in rows)
     assert sections["4. batch 4096 on one device"]["cache_seconds_per_step"] > 0
-    checks = sections["5. correctness"]["checks"]
+    checks = sections["6. correctness"]["checks"]
     assert len(checks) == 4 and all(checks.values())
     # the suite's CUDA cases are collected ("29 skipped, 74 deselected in ..." on a CPU)
-    cases = sections["6. the suite's CUDA cases"]["pytest_cuda"]
+    cases = sections["5. the suite's CUDA cases"]["pytest_cuda"]
     assert re.match(r"[1-9]\d* (passed|skipped), \d+ deselected", cases)
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check: CPU")
     assert result.stdout.strip().splitlines()[-1].startswith("gpu-check CPU")
@@ -74,3 +77,38 @@ def test_on_a_gpu_cases_that_all_skip_fail_the_check_and_a_hung_run_is_stopped(t
     figures = {}
     assert not suite_cuda_cases((str(skipping),), figures, must_run=False, timeout_s=5)
     assert figures["pytest_cuda"] == "stopped after 5 s"
+
+
+def test_a_step_row_that_fails_is_recorded_and_the_next_rows_still_run(tmp_path, monkeypatch):
+    """A crash in one variant is a failure of that row; a batch that does not fit (cuDNN names its
+    failed allocation) is a figure; the rows after either are measured."""
+    real_step = gpu_check.simclr_step
+
+    def failing_step(model, views, optimizer, bf16, *loss):
+        step = real_step(model, views, optimizer, bf16, *loss)
+        images = views.shape[0] // 2
+
+        def run() -> None:
+            if (images, bf16) == (2, True):
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            if (images, bf16) == (4, False):
+                raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+            step()
+
+        return run
+
+    monkeypatch.setattr(gpu_check, "simclr_step", failing_step)
+    report = Report(torch.device("cpu"), SMOKE, True, tmp_path)
+    steps(report, SMOKE, "2. SimCLR step, ResNet-50", EAGER, SMOKE.batches)
+    rows = report.data["sections"]["2. SimCLR step, ResNet-50"]["rows"]
+    assert [(r["variant"], r["images"], r.get("error")) for r in rows] == [
+        ("fp32 eager", 2, None),
+        ("bf16 + channels-last", 2, "RuntimeError: CUDA error: an illegal memory access was encountered"),
+        ("fp32 eager", 4, "out of memory"),
+        ("bf16 + channels-last", 4, None),
+    ]  # fmt: skip
+    assert rows[0]["images_per_s"] > 0 and rows[3]["images_per_s"] > 0
+    [failure] = report.data["failures"]
+    assert failure.startswith("2. SimCLR step, ResNet-50, bf16 + channels-last x2: RuntimeError")
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["sections"]["2. SimCLR step, ResNet-50"]["rows"][2]["error"] == "out of memory"

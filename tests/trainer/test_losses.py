@@ -7,6 +7,7 @@ from torch import nn
 
 from tests.distributed import run_on_ranks
 from trainer.losses import nt_xent
+from trainer.precision import autocast_for
 
 
 def reference_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:
@@ -83,6 +84,20 @@ def test_stable_at_low_temperature_with_bf16_inputs(device):
     loss_bf16.backward()
     assert torch.isfinite(z_a.grad).all()
     assert loss_bf16.item() == pytest.approx(nt_xent(z_a, z_b, 0.05).item(), rel=0.05)
+
+
+def test_the_similarities_stay_fp32_inside_an_autocast_block(device):
+    """Called where the network ran, under bf16 autocast, the loss is still the fp32 one: its
+    matmul is not cast down (a bf16 logit is off by up to 1/tau * 2^-8, which breaks the ranking of
+    close negatives at tau = 0.1)."""
+    z_a, z_b = torch.randn(2, 64, 128, device=device, requires_grad=True)
+    plain = nt_xent(z_a, z_b, 0.1)
+    with autocast_for("bf16", z_a.device):
+        inside = nt_xent(z_a, z_b, 0.1)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-6)
+    grads = [torch.autograd.grad(loss, (z_a, z_b)) for loss in (plain, inside)]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
 def test_rejects_bad_inputs():
