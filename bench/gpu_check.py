@@ -23,11 +23,11 @@ command). Every figure is a ratio in the same run:
    replay); on a GPU a skipped case fails it, on a CPU each is skipped and the run only proves
    that they are collected;
 6. correctness on the device: bf16 loss against fp32; the gradient cache against the whole batch;
-   last, NT-Xent's gather and its summed backward, and global batch norm, on a one-rank process
-   group of the device's backend (NCCL on CUDA) with the collective path forced, against
-   one-process values;
+   NT-Xent's gather and its summed backward, and global batch norm, on a one-rank process group
+   of the device's backend (NCCL on CUDA) with the collective path forced, against one-process
+   values, in a child process (NCCL's watchdog ends the process of a collective that fails);
 7. the step of 2 (bf16 + channels-last, the smaller batch) through ``torch.compile``: last, as a
-   cold compilation takes minutes, and NCCL just before it, so that neither can cost the rest.
+   cold compilation takes minutes.
 
 A section that fails is recorded with its error and the others still run; so does a row of 2 or 7
 (a batch that does not fit is a figure, "out of memory", not a failure). It rewrites
@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +52,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -82,7 +84,8 @@ class Sizes:
     chunk: int = 512  # views per chunk of the gradient cache
     unchunked: tuple[int, ...] = (512, 1024, 2048, 4096)  # images tried without the cache
     augment_batch: int = 256
-    lightly_images: int = 2048
+    lightly_images: int = 4096
+    lightly_batch: int = 64  # 64 batches an epoch: every one of 16 workers busy
     lightly_workers: int = 16
     steps: int = 10
     warmup: int = 3
@@ -90,7 +93,7 @@ class Sizes:
 
 
 SMOKE = Sizes(view=32, source=40, batches=(2, 4), big_batch=8, chunk=4, unchunked=(2, 4),
-              augment_batch=8, lightly_images=16, lightly_workers=0, steps=1, warmup=1,
+              augment_batch=8, lightly_images=16, lightly_batch=8, lightly_workers=0, steps=1, warmup=1,
               matmul=256)  # fmt: skip
 
 
@@ -127,10 +130,14 @@ class Report:
                 empty_cache(self.device)
             except Exception as error:  # a sticky CUDA error: recorded, and the figures saved
                 figures.setdefault("error", f"{type(error).__name__}: {error}")
-            try:
-                self.save()
-            except OSError as error:  # the run goes on; main's last save raises
-                print(f"could not save under {self.out}: {error!r}", file=sys.stderr, flush=True)
+            self.keep()
+
+    def keep(self) -> None:
+        """``save``, and on an error a line on stderr: the run goes on (main's last save raises)."""
+        try:
+            self.save()
+        except OSError as error:
+            print(f"could not save under {self.out}: {error!r}", file=sys.stderr, flush=True)
 
     def save(self) -> None:
         """``gpu_check.json`` and ``gpu_check.md`` under ``out``, each written whole, then renamed."""
@@ -263,7 +270,7 @@ def augmentation(report: Report, sizes: Sizes, workers: int) -> None:
         # collated into one tensor a view, as lightly's users run it (a list of 512 tensors would
         # cost a shared-memory handle each); a worker that dies fails the section, not the run
         loader = torch.utils.data.DataLoader(
-            _Transformed(pictures, transform), batch_size=sizes.augment_batch,
+            _Transformed(pictures, transform), batch_size=sizes.lightly_batch,
             num_workers=workers, persistent_workers=workers > 0, timeout=120 if workers else 0,
         )  # fmt: skip
         for _ in loader:  # the workers start and warm up
@@ -274,6 +281,8 @@ def augmentation(report: Report, sizes: Sizes, workers: int) -> None:
         rate = 2 * len(pictures) / (time.perf_counter() - start)
         figures["lightly_views_per_s"] = rate
         figures["lightly_workers"] = workers
+        if Path("/dev/shm").is_dir():  # where the workers' batches wait (16 x 2 of 77 MB)
+            figures["dev_shm_gib"] = shutil.disk_usage("/dev/shm").total / 2**30
         figures["ratio_to_lightly"] = figures["ours_views_per_s"] / rate
 
 
@@ -297,8 +306,13 @@ def steps(report: Report, sizes: Sizes, section: str, variants, batches: tuple[i
     variant, each measured on its own (a row that fails is recorded, and the next one runs)."""
     device = report.device
     with report.section(section) as figures:
-        rate = matmul_rate(device, sizes.matmul)
-        flops = step_flops_per_image(device, sizes.view)
+        measured = report.data["sections"].get("2. SimCLR step, ResNet-50", {})
+        if "matmul_tflops" in measured:  # 7 shares 2's rate and FLOPs: one denominator
+            rate = measured["matmul_tflops"] * 1e12
+            flops = measured["step_gflop_per_image"] * 1e9
+        else:
+            rate = matmul_rate(device, sizes.matmul)
+            flops = step_flops_per_image(device, sizes.view)
         figures["matmul_tflops"] = rate / 1e12
         figures["step_gflop_per_image"] = flops / 1e9
         try:
@@ -321,8 +335,9 @@ def steps(report: Report, sizes: Sizes, section: str, variants, batches: tuple[i
                     row["error"] = f"{type(error).__name__}: {error}"
                     report.data["failures"].append(f"{section}, {name} x{batch}: {row['error']}")
                     traceback.print_exc()
-                finally:
-                    empty_cache(device)
+                    synchronize(device)  # a sticky CUDA error ends the section: no row could run
+                empty_cache(device)
+                report.keep()
 
 
 def step_row(
@@ -337,16 +352,17 @@ def step_row(
     model = resnet50(device, channels_last)
     forward = torch.compile(model) if compiled else model
     views = float_views(batch, sizes.view, device, channels_last)
-    try:
+    step = simclr_step(forward, views, ours_lars(model), bf16)
+
+    def first_then_timed() -> float:
         began = time.perf_counter()
-        step = simclr_step(forward, views, ours_lars(model), bf16)
         step()
         synchronize(device)
         row["first_step_s"] = time.perf_counter() - began
-        seconds = seconds_per_call(step, device, sizes.steps, sizes.warmup)
-    except RuntimeError as error:
-        if not out_of_memory(error):
-            raise
+        return seconds_per_call(step, device, sizes.steps, sizes.warmup)
+
+    seconds = fits(first_then_timed)
+    if seconds is None:
         row["error"] = "out of memory"
         return
     row["images_per_s"] = batch / seconds
@@ -361,12 +377,29 @@ def step_row(
         their_step = simclr_step(
             theirs, views, optimizer, bf16, loss_class(temperature=TEMPERATURE)
         )
-        their_seconds = seconds_per_call(their_step, device, sizes.steps, sizes.warmup)
+        their_seconds = fits(
+            lambda: seconds_per_call(their_step, device, sizes.steps, sizes.warmup)
+        )
+        if their_seconds is None:
+            row["lightly_error"] = "out of memory"
+            return
         row["lightly_images_per_s"] = batch / their_seconds
         row["ratio_to_lightly"] = their_seconds / seconds
 
 
-OUT_OF_MEMORY = re.compile(r"out of memory|ALLOC_FAILED")
+# cuBLAS: CUBLAS_STATUS_ALLOC_FAILED; cuDNN 9: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED
+OUT_OF_MEMORY = re.compile(r"out of memory|ALLOC(ATION)?_FAILED")
+
+
+def fits(measure: Callable[[], float]) -> float | None:
+    """``measure()``, or None where the device ran out of memory (the error, and the tensors its
+    traceback holds, released on return)."""
+    try:
+        return measure()
+    except RuntimeError as error:
+        if not out_of_memory(error):
+            raise
+        return None
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -412,16 +445,14 @@ def big_batch(report: Report, sizes: Sizes) -> None:
         fitted = figures["unchunked"] = []
         for images in sizes.unchunked:
             empty_cache(device)
-            views = float_views(images, sizes.view, device, True)
-            try:
-                seconds = seconds_per_call(simclr_step(model, views, optimizer, True), device, 1, 1)
-            except RuntimeError as error:
-                if not out_of_memory(error):
-                    raise
+            step = simclr_step(
+                model, float_views(images, sizes.view, device, True), optimizer, True
+            )
+            seconds = fits(partial(seconds_per_call, step, device, 1, 1))
+            del step  # and its views
+            if seconds is None:
                 fitted.append({"images": images, "error": "out of memory"})
                 break
-            finally:
-                del views
             fitted.append({"images": images, "seconds_per_step": seconds,
                            "peak_gib": peak_gib(device)})  # fmt: skip
         largest = [row for row in fitted if "error" not in row]
@@ -473,10 +504,24 @@ def correctness(report: Report) -> None:
                 torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6)
                 for a, b in zip(whole.parameters(), chunked.parameters(), strict=True)
             )
-        checks.update(collectives(device))  # last: a hung or aborting NCCL costs nothing after it
+        checks.update(collectives_in_child(device))
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
             raise AssertionError(f"failed: {'; '.join(failed)}")
+
+
+def collectives_in_child(device: torch.device, timeout_s: float = 120) -> dict[str, bool]:
+    """``collectives`` in a child process: on an error or a hang NCCL's watchdog tears its process
+    down (``TORCH_NCCL_ASYNC_ERROR_HANDLING``'s default), which must not end this run."""
+    code = ("import json, sys, torch; from bench.gpu_check import collectives; "
+            "print(json.dumps(collectives(torch.device(sys.argv[1]))))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code, str(device)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    if result.returncode != 0:
+        print(result.stdout, result.stderr, sep="\n", flush=True)
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the collectives' process exited with {result.returncode}: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def collectives(device: torch.device) -> dict[str, bool]:
@@ -500,8 +545,12 @@ def collectives(device: torch.device) -> dict[str, bool]:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    # NCCL bound to the device at once, and a collective that hangs raises after a minute
-    bound = torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else None
+    # NCCL bound to its device at once; a collective that hangs ends the process after a minute
+    bound = None
+    if device.type == "cuda":
+        bound = torch.device(
+            "cuda", torch.cuda.current_device() if device.index is None else device.index
+        )
     dist.init_process_group(backend, rank=0, world_size=1, timeout=timedelta(seconds=60),
                             device_id=bound)  # fmt: skip
     try:
@@ -556,7 +605,7 @@ def suite_cuda_cases(
         return False
     lines = result.stdout.strip().splitlines() or [result.stderr.strip()[-300:]]
     figures["pytest_cuda"] = summary_line = lines[-1]
-    counted = re.findall(r"(\d+) (\w+)", summary_line)  # "29 passed, 74 deselected in 4.1s"
+    counted = re.findall(r"(\d+) (\w+)", summary_line)  # "30 passed, 75 deselected in 4.1s"
     ran_all = any(word == "passed" for _, word in counted) and not any(
         word in ("skipped", "xfailed") for _, word in counted
     )
@@ -580,6 +629,9 @@ def _group_norm_net(device: torch.device) -> nn.Module:
 def markdown(data: dict) -> str:
     lines = [f"# GPU check: {data['device']}, torch {data['torch']}"
              + (" (smoke: reduced sizes)" if data["smoke"] else ""), ""]  # fmt: skip
+    if "nvidia_smi" in data:
+        lines += [f"nvidia-smi (name, driver, compute mode, power limit, max clocks): "
+                  f"{data['nvidia_smi']}; TF32 allowed: {data['tf32']}", ""]  # fmt: skip
     for name, figures in data["sections"].items():
         lines += [f"## {name} ({figures.get('seconds')} s)", "", "| figure | value |", "|---|---|"]
         for key, value in figures.items():

@@ -71,7 +71,7 @@ MUTANTS = (
     Mutant("nt_xent: projections not normalised", "trainer/losses.py",
            "z_a = F.normalize(z_a.float(), dim=1)", "z_a = z_a.float()", LOSSES),
     Mutant("nt_xent: similarities in the caller's autocast dtype", "trainer/losses.py",
-           "with torch.autocast(z_a.device.type, enabled=False):",
+           "with torch.autocast(kind, enabled=False) if is_autocast_available(kind) else nullcontext():",
            "if True:", LOSSES),
     Mutant("nt_xent: all-gather backward does not sum over ranks", "trainer/losses.py",
            "dist.all_reduce(grad, op=dist.ReduceOp.SUM)", "pass", LOSSES),

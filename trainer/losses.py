@@ -17,9 +17,12 @@ global batch. Nothing larger than 2n x 2N is ever built.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.amp import is_autocast_available
 
 from trainer.distributed import is_distributed
 
@@ -78,7 +81,8 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    with torch.autocast(z_a.device.type, enabled=False):  # fp32 inside the network's autocast too
+    kind = z_a.device.type  # fp32 inside the network's autocast too (where the device has one)
+    with torch.autocast(kind, enabled=False) if is_autocast_available(kind) else nullcontext():
         n = z_a.shape[0]
         z_a = F.normalize(z_a.float(), dim=1)
         z_b = F.normalize(z_b.float(), dim=1)

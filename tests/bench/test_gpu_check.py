@@ -10,10 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench import gpu_check
-from bench.gpu_check import EAGER, SMOKE, Report, steps, suite_cuda_cases
+from bench.gpu_check import (
+    EAGER,
+    SMOKE,
+    Report,
+    big_batch,
+    collectives_in_child,
+    out_of_memory,
+    steps,
+    suite_cuda_cases,
+    summary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +50,7 @@ def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
     assert sections["4. batch 4096 on one device"]["cache_seconds_per_step"] > 0
     checks = sections["6. correctness"]["checks"]
     assert len(checks) == 4 and all(checks.values())
-    # the suite's CUDA cases are collected ("29 skipped, 74 deselected in ..." on a CPU)
+    # the suite's CUDA cases are collected ("30 skipped, 75 deselected in ..." on a CPU)
     cases = sections["5. the suite's CUDA cases"]["pytest_cuda"]
     assert re.match(r"[1-9]\d* (passed|skipped), \d+ deselected", cases)
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check: CPU")
@@ -92,7 +103,9 @@ def test_a_step_row_that_fails_is_recorded_and_the_next_rows_still_run(tmp_path,
             if (images, bf16) == (2, True):
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
             if (images, bf16) == (4, False):
-                raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+                raise RuntimeError(
+                    "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"
+                )
             step()
 
         return run
@@ -112,3 +125,62 @@ def test_a_step_row_that_fails_is_recorded_and_the_next_rows_still_run(tmp_path,
     assert failure.startswith("2. SimCLR step, ResNet-50, bf16 + channels-last x2: RuntimeError")
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["sections"]["2. SimCLR step, ResNet-50"]["rows"][2]["error"] == "out of memory"
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("CUDA error: out of memory", True),
+        ("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED", True),  # cuDNN 9
+        ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+        ("CUDA error: an illegal memory access was encountered", False),
+        ("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED", False),
+    ],
+)
+def test_out_of_memory_is_told_from_other_errors(message, expected):
+    assert out_of_memory(RuntimeError(message)) is expected
+    assert not out_of_memory(ValueError("out of memory"))  # only the runtime's errors
+
+
+def test_a_collectives_process_that_dies_is_an_error_of_its_section_not_the_end_of_the_run():
+    """NCCL's watchdog ends its process on a hang or an error: here the child fails at once (a
+    device that no machine has), and this process gets an exception that names what happened."""
+    with pytest.raises(RuntimeError, match=r"the collectives' process exited with 1: \w+"):
+        collectives_in_child(torch.device("cuda", 999))
+
+
+def test_the_summary_takes_the_best_step_from_the_eager_and_the_compiled_rows():
+    row = {"variant": "bf16 + channels-last", "images": 256, "images_per_s": 900.0,
+           "share_of_matmul_rate": 0.3, "ratio_to_lightly": 1.4}  # fmt: skip
+    compiled = {"variant": "bf16 + channels-last + compile", "images": 256,
+                "images_per_s": 1200.0, "share_of_matmul_rate": 0.4}  # fmt: skip
+    data = {"device": "NVIDIA H200", "seconds": 400.0, "failures": [], "sections": {
+        "2. SimCLR step, ResNet-50": {"rows": [row, {"variant": "fp32 eager", "images": 512,
+                                                     "error": "out of memory"}]},
+        "7. SimCLR step compiled": {"rows": [compiled]},
+    }}  # fmt: skip
+    assert summary(data) == (
+        "gpu-check NVIDIA H200 (400 s); best step bf16 + channels-last + compile x256: 1200 img/s, "
+        "40 % of the matmul rate; vs lightly 1.40-1.40x; failures: 0"
+    )
+
+
+def test_the_largest_unchunked_batch_is_the_last_that_fit(tmp_path, monkeypatch):
+    real_step = gpu_check.simclr_step
+
+    def does_not_fit() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    def step_that_fits_two_images(model, views, optimizer, bf16):
+        return real_step(model, views, optimizer, bf16) if len(views) <= 4 else does_not_fit
+
+    monkeypatch.setattr(gpu_check, "simclr_step", step_that_fits_two_images)
+    report = Report(torch.device("cpu"), SMOKE, True, tmp_path)
+    big_batch(report, SMOKE)
+    figures = report.data["sections"]["4. batch 4096 on one device"]
+    assert "error" not in figures and report.data["failures"] == []
+    assert figures["cache_seconds_per_step"] > 0
+    [fitted, too_big] = figures["unchunked"]
+    assert fitted["images"] == 2 and fitted["seconds_per_step"] > 0
+    assert too_big == {"images": 4, "error": "out of memory"}

@@ -100,6 +100,12 @@ def test_the_similarities_stay_fp32_inside_an_autocast_block(device):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
+def test_shapes_alone_on_the_meta_device():
+    """A device without autocast (meta: shape inference, FLOP counting) is not refused."""
+    z = torch.empty(8, 16, device="meta")
+    assert nt_xent(z, z, 0.1).shape == ()
+
+
 def test_rejects_bad_inputs():
     with pytest.raises(ValueError, match="must both be"):
         nt_xent(torch.randn(4, 3), torch.randn(5, 3), 0.1)
