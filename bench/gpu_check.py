@@ -20,8 +20,9 @@ command). Every figure is a ratio in the same run:
    that fits (and the memory 4,096 would need by extrapolation);
 5. the CUDA cases of the test suite's device tests (``pytest -m cuda``: augmentation against
    torchvision, NT-Xent against Eq. (1) and its gradient, the gradient cache and its dropout
-   replay); on a GPU a skipped case fails it, on a CPU each is skipped and the run only proves
-   that they are collected;
+   replay, and the SimCLR loop itself on the device: its checkpoint, an interrupted run resumed to
+   the uninterrupted one's weights, the gradient cache in the loop); on a GPU a skipped case fails
+   it, on a CPU each is skipped and the run only proves that they are collected;
 6. correctness on the device: bf16 loss against fp32; the gradient cache against the whole batch;
    NT-Xent's gather and its summed backward, and global batch norm, on a one-rank process group
    of the device's backend (NCCL on CUDA) with the collective path forced, against one-process
@@ -71,7 +72,7 @@ from trainer.precision import autocast_for, without_tf32
 
 TEMPERATURE = 0.1
 CUDA_TESTS = ("tests/trainer/test_augment.py", "tests/trainer/test_losses.py",
-              "tests/trainer/test_gradient_cache.py")  # fmt: skip
+              "tests/trainer/test_gradient_cache.py", "tests/trainer/test_pretrain.py")  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -605,7 +606,7 @@ def suite_cuda_cases(
         return False
     lines = result.stdout.strip().splitlines() or [result.stderr.strip()[-300:]]
     figures["pytest_cuda"] = summary_line = lines[-1]
-    counted = re.findall(r"(\d+) (\w+)", summary_line)  # "30 passed, 75 deselected in 4.1s"
+    counted = re.findall(r"(\d+) (\w+)", summary_line)  # "33 passed, 84 deselected in 9.1s"
     ran_all = any(word == "passed" for _, word in counted) and not any(
         word in ("skipped", "xfailed") for _, word in counted
     )
