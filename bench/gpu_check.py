@@ -74,6 +74,11 @@ TEMPERATURE = 0.1
 CUDA_TESTS = ("tests/trainer/test_augment.py", "tests/trainer/test_losses.py",
               "tests/trainer/test_gradient_cache.py", "tests/trainer/test_pretrain.py")  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
+# the sections whose figures another section or the summary reads
+AUGMENTATION = "1. augmentation"
+STEP = "2. SimCLR step, ResNet-50"
+BIG_BATCH = "4. batch 4096 on one device"
+COMPILED_STEP = "7. SimCLR step compiled"
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,7 @@ def step_flops_per_image(device: torch.device, side: int) -> float:
 
 def augmentation(report: Report, sizes: Sizes, workers: int) -> None:
     device = report.device
-    with report.section("1. augmentation") as figures:
+    with report.section(AUGMENTATION) as figures:
         images = uint8_images(sizes.augment_batch, sizes.source, device)
         augment = SimCLRAugment(sizes.view)
         seconds = seconds_per_call(lambda: augment(images), device, sizes.steps, sizes.warmup)
@@ -307,7 +312,7 @@ def steps(report: Report, sizes: Sizes, section: str, variants, batches: tuple[i
     variant, each measured on its own (a row that fails is recorded, and the next one runs)."""
     device = report.device
     with report.section(section) as figures:
-        measured = report.data["sections"].get("2. SimCLR step, ResNet-50", {})
+        measured = report.data["sections"].get(STEP, {})
         if "matmul_tflops" in measured:  # 7 shares 2's rate and FLOPs: one denominator
             rate = measured["matmul_tflops"] * 1e12
             flops = measured["step_gflop_per_image"] * 1e9
@@ -429,14 +434,14 @@ def whole_step(report: Report, sizes: Sizes) -> None:
         figures["images"] = batch
         figures["images_per_s"] = batch / seconds
         figures["peak_gib"] = peak_gib(device)
-        augment_s = report.data["sections"].get("1. augmentation", {}).get("ours_seconds_per_batch")
+        augment_s = report.data["sections"].get(AUGMENTATION, {}).get("ours_seconds_per_batch")
         if augment_s is not None:  # measured on augment_batch images
             figures["augmentation_share"] = augment_s * batch / sizes.augment_batch / seconds
 
 
 def big_batch(report: Report, sizes: Sizes) -> None:
     device = report.device
-    with report.section("4. batch 4096 on one device") as figures:
+    with report.section(BIG_BATCH) as figures:
         figures["images"] = sizes.big_batch
         model = resnet50(device, True)
         optimizer = ours_lars(model)
@@ -651,8 +656,7 @@ def markdown(data: dict) -> str:
 def summary(data: dict) -> str:
     sections = data["sections"]
     parts = [f"gpu-check {data['device']} ({data['seconds']:.0f} s)"]
-    rows = [row for name in ("2. SimCLR step, ResNet-50", "7. SimCLR step compiled")
-            for row in sections.get(name, {}).get("rows", [])]  # fmt: skip
+    rows = [row for name in (STEP, COMPILED_STEP) for row in sections.get(name, {}).get("rows", [])]
     best = max(
         (r for r in rows if "images_per_s" in r), key=lambda r: r["images_per_s"], default=None
     )
@@ -662,11 +666,11 @@ def summary(data: dict) -> str:
     ratios = [r["ratio_to_lightly"] for r in rows if "ratio_to_lightly" in r]
     if ratios:
         parts.append(f"vs lightly {min(ratios):.2f}-{max(ratios):.2f}x")
-    augment = sections.get("1. augmentation", {})
+    augment = sections.get(AUGMENTATION, {})
     if "ours_views_per_s" in augment:
         parts.append(f"augment {augment['ours_views_per_s']:.0f} views/s"
                      + (f" ({augment['ratio_to_lightly']:.1f}x lightly)" if "ratio_to_lightly" in augment else ""))  # fmt: skip
-    big = sections.get("4. batch 4096 on one device", {})
+    big = sections.get(BIG_BATCH, {})
     if "cache_seconds_per_step" in big:
         parts.append(f"batch {big['images']} cached: {big['cache_seconds_per_step']:.2f} s/step")
     parts.append(f"failures: {len(data['failures'])}")
@@ -689,15 +693,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else Sizes()
     report = Report(device, sizes, args.smoke, args.out)
     workers = args.lightly_workers if args.lightly_workers is not None else sizes.lightly_workers
-    # the compilation last (minutes cold), NCCL just before it: what they cost cannot take the rest
+    # the compilation last: minutes cold, it cannot take the other sections' time
     augmentation(report, sizes, workers)
-    steps(report, sizes, "2. SimCLR step, ResNet-50", EAGER, sizes.batches)
+    steps(report, sizes, STEP, EAGER, sizes.batches)
     whole_step(report, sizes)
     big_batch(report, sizes)
     suite_cases(report)
     correctness(report)
     if not (args.no_compile or args.smoke):  # one compilation, budgeted once
-        steps(report, sizes, "7. SimCLR step compiled", COMPILED, sizes.batches[:1])
+        steps(report, sizes, COMPILED_STEP, COMPILED, sizes.batches[:1])
     report.save()
     print(markdown(report.data))
     print(summary(report.data), flush=True)
