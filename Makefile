@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo demo-local test test-slow lint bench bench-service gpu-check deploy-smoke clean
+.PHONY: install demo demo-local test test-slow lint bench bench-service gpu-check gpu-wheels deploy-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-service: $(STAMP)
 # figures and failures into gpu-check/ (or $$OUT), a one-line summary last.
 gpu-check: $(BENCH_STAMP)
 	$(PYTHON) -m bench.gpu_check
+
+# The wheels the lent H200 machine lacks (pydantic, lightly), at the versions installed here.
+gpu-wheels: $(BENCH_STAMP)
+	PYTHON=$(PYTHON) bash bench/gpu_wheels.sh
 
 # The compose topology started for real with podman, checked through the API, torn down
 # (deploy/README.md, "What was run here"; root, about 10 minutes).

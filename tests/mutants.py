@@ -49,6 +49,13 @@ IDEMPOTENT = ("tests/services/test_api.py", "tests/services/test_store.py")
 RUN_LENGTH = ("tests/trainer/test_pretrain.py", "tests/trainer/test_input_pipeline.py")
 SQLITE_START = ("tests/services/test_migrations.py",)
 PRECISION = ("tests/trainer/test_precision.py",)
+GPU_WHEELS = (
+    "tests/bench/test_gpu_check.py::"
+    "test_the_wheels_script_takes_the_installed_versions_and_refuses_a_missing_one",
+)
+WITHOUT_LIGHTLY = (
+    "tests/bench/test_gpu_check.py::test_without_lightly_a_gpu_run_fails_and_a_cpu_run_notes_it",
+)
 GENERATIVE_RANKS = (
     "tests/trainer/test_generative_jobs.py::"
     "test_each_kind_trains_data_parallel_on_two_ranks_that_keep_equal_weights",
@@ -186,6 +193,10 @@ MUTANTS = (
     Mutant("precision auto: the ranks do not agree", "trainer/precision.py",
            'if not on_every_rank(resolved.precision == "bf16") and resolved.precision == "bf16":',
            "if False:", PRECISION),
+    Mutant("GPU wheels: a package missing here goes on with an empty version",
+           "bench/gpu_wheels.sh", "        return 1\n", "        return 0\n", GPU_WHEELS),
+    Mutant("GPU check: a GPU run without lightly only notes it", "bench/gpu_check.py",
+           'if report.device.type != "cpu":', "if False:", WITHOUT_LIGHTLY),
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from bench.gpu_check import (
     steps,
     suite_cuda_cases,
     summary,
+    without_lightly,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,3 +185,65 @@ def test_the_largest_unchunked_batch_is_the_last_that_fit(tmp_path, monkeypatch)
     [fitted, too_big] = figures["unchunked"]
     assert fitted["images"] == 2 and fitted["seconds_per_step"] > 0
     assert too_big == {"images": 4, "error": "out of memory"}
+
+
+def test_without_lightly_a_gpu_run_fails_and_a_cpu_run_notes_it(tmp_path):
+    """The GPU run is for the comparison with lightly: losing the peer there must show in its
+    failures and summary, not as a quiet note (a CPU ``make test`` has no bench extras)."""
+    report = Report(torch.device("cpu"), SMOKE, True, tmp_path)
+    on_cpu: dict = {}
+    without_lightly(report, on_cpu, "1. augmentation")
+    assert on_cpu == {"lightly": "skipped: lightly is not installed"}
+    assert report.data["failures"] == []
+    report.device = torch.device("cuda")  # only its type is read
+    on_gpu: dict = {}
+    without_lightly(report, on_gpu, "1. augmentation")
+    assert on_gpu == on_cpu
+    assert report.data["failures"] == [
+        "1. augmentation: lightly is not installed (make gpu-wheels)"
+    ]
+
+
+def fake_python(tmp_path: Path, installed: dict[str, str]) -> Path:
+    """A stand-in for the interpreter gpu_wheels.sh asks: it knows the versions of ``installed``,
+    and records a ``pip download`` instead of running it."""
+    script = tmp_path / "python"
+    versions = "\n".join(f"  {name}) echo {version} ;;" for name, version in installed.items())
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ]; then echo "$@" > pip-download.args; mkdir -p gpu-wheels; exit 0; fi\n'
+        f'case "$3" in\n{versions}\n  *) echo "No package metadata for $3" >&2; exit 1 ;;\nesac\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("missing", [None, "lightly", "pydantic-core"])
+def test_the_wheels_script_takes_the_installed_versions_and_refuses_a_missing_one(
+    tmp_path, missing
+):
+    """A package missing here once made the script ask pip for "lightly==", which fetched lightly
+    0.0.0, an empty placeholder: the GPU run would have lost its peer. It must stop, naming it,
+    before it touches gpu-wheels/."""
+    tree = tmp_path / "tree"  # the script works beside its own folder: a copy, not this tree
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "gpu_wheels.sh").write_text((ROOT / "bench" / "gpu_wheels.sh").read_text())
+    (tree / "gpu-wheels").mkdir()
+    (tree / "gpu-wheels" / "kept.whl").write_text("")
+    versions = {"pydantic": "2.14.4", "pydantic-core": "2.50.5", "lightly": "1.6.0"}
+    versions.pop(missing, None)
+    result = subprocess.run(
+        ["bash", str(tree / "bench" / "gpu_wheels.sh")], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake_python(tmp_path, versions))}, timeout=60,
+    )  # fmt: skip
+    if missing:
+        assert result.returncode != 0
+        assert f"{missing} is not installed" in result.stderr
+        assert (tree / "gpu-wheels" / "kept.whl").exists()  # the last good download stays
+        assert not (tree / "pip-download.args").exists()
+        return
+    assert result.returncode == 0, result.stderr
+    asked = (tree / "pip-download.args").read_text().split()
+    assert asked[:3] == ["-m", "pip", "download"]
+    assert {"pydantic==2.14.4", "pydantic-core==2.50.5", "lightly==1.6.0"} <= set(asked)
+    assert not (tree / "gpu-wheels" / "kept.whl").exists()  # a fresh folder
