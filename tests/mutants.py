@@ -53,6 +53,7 @@ GPU_WHEELS = (
     "tests/bench/test_gpu_check.py::"
     "test_the_wheels_script_takes_the_installed_versions_and_refuses_a_missing_one",
 )
+BF16_CHECK = ("tests/bench/test_gpu_check.py::test_the_bf16_check_fails_a_broken_bf16_forward",)
 WITHOUT_LIGHTLY = (
     "tests/bench/test_gpu_check.py::test_without_lightly_a_gpu_run_fails_and_a_cpu_run_notes_it",
 )
@@ -84,7 +85,7 @@ MUTANTS = (
            "with torch.autocast(kind, enabled=False) if is_autocast_available(kind) else nullcontext():",
            "if True:", LOSSES),
     Mutant("nt_xent: all-gather backward does not sum over ranks", "trainer/losses.py",
-           "dist.all_reduce(grad, op=dist.ReduceOp.SUM)", "pass", LOSSES),
+           "op=dist.ReduceOp.SUM)", "op=dist.ReduceOp.AVG)", LOSSES),
     Mutant("LARS: trust ratio inverted", "trainer/optim.py",
            'group["eta"] * w_norms / g_norms', 'group["eta"] * g_norms / w_norms', LARS),
     Mutant("LARS: >= instead of > for a zero norm", "trainer/optim.py",
@@ -197,6 +198,8 @@ MUTANTS = (
            "bench/gpu_wheels.sh", "        return 1\n", "        return 0\n", GPU_WHEELS),
     Mutant("GPU check: a GPU run without lightly only notes it", "bench/gpu_check.py",
            'if report.device.type != "cpu":', "if False:", WITHOUT_LIGHTLY),
+    Mutant("GPU check: bf16 against fp32 on raw projections", "bench/gpu_check.py",
+           "    return z - z.mean(0)", "    return z", BF16_CHECK),
 )  # fmt: skip
 
 

@@ -34,8 +34,8 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 
 class _AllGatherSumGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward returns, to each rank, the SUM over ranks of the
-    gradient of its rows (reduce-scatter on NCCL; all-reduce then slice where reduce-scatter is
-    unavailable, as on gloo)."""
+    gradient of its rows: one reduce-scatter, on NCCL and gloo alike (gloo has it in torch 2.11
+    and 2.14), so the CPU's two-rank tests run the path a GPU cluster takes."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
@@ -46,14 +46,9 @@ class _AllGatherSumGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        grad = grad.contiguous()
-        if dist.get_backend() == "nccl":
-            local = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-            _reduce_scatter_single(local, grad, op=dist.ReduceOp.SUM)
-            return local
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad.chunk(world)[rank].contiguous()
+        local = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
+        _reduce_scatter_single(local, grad.contiguous(), op=dist.ReduceOp.SUM)
+        return local
 
 
 def _gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int, int]:

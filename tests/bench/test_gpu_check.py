@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from bench import gpu_check
 from bench.gpu_check import (
     EAGER,
     SMOKE,
     Report,
+    bf16_against_fp32,
     big_batch,
     collectives_in_child,
     out_of_memory,
@@ -38,7 +40,7 @@ def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["failures"] == [] and report["smoke"]
+    assert report["failures"] == [] and report["smoke"] and report["finished"]
     sections = report["sections"]
     assert list(sections) == ["1. augmentation", "2. SimCLR step, ResNet-50",
                               "3. whole step from uint8", "4. batch 4096 on one device",
@@ -50,10 +52,12 @@ def test_the_reduced_check_runs_every_section_on_the_cpu(tmp_path):
     assert all(r["images_per_s"] > 0 and r["share_of_matmul_rate"] > 0 for r in rows)
     assert sections["4. batch 4096 on one device"]["cache_seconds_per_step"] > 0
     checks = sections["6. correctness"]["checks"]
-    assert len(checks) == 4 and all(checks.values())
+    assert len(checks) == 5 and all(checks.values())
     # the suite's CUDA cases are collected ("33 skipped, 84 deselected in ..." on a CPU)
     cases = sections["5. the suite's CUDA cases"]["pytest_cuda"]
-    assert re.match(r"[1-9]\d* (passed|skipped), \d+ deselected", cases)
+    assert re.match(
+        rf"{gpu_check.CUDA_CASES} skipped, \d+ deselected", cases
+    )  # what a GPU must pass
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check: CPU")
     assert result.stdout.strip().splitlines()[-1].startswith("gpu-check CPU")
 
@@ -65,29 +69,32 @@ def test_a_failed_cuda_case_fails_the_check_and_is_named(tmp_path, capsys):
         "def test_elsewhere():\n    pass\n"
     )
     figures: dict = {}
-    assert not suite_cuda_cases((str(failing),), figures, must_run=False)
+    assert not suite_cuda_cases((str(failing),), figures, must_run=0)
     assert figures["pytest_cuda"].startswith("1 failed, 1 deselected")
     [failed] = figures["pytest_cuda_failed"]
     assert failed.startswith("FAILED ") and failed.endswith("::test_on_device - assert 1 == 2")
     assert "E   assert 1 == 2" in capsys.readouterr().out  # the whole report in the log
-    assert not suite_cuda_cases((str(tmp_path / "missing.py"),), {}, must_run=False)  # none
+    assert not suite_cuda_cases((str(tmp_path / "missing.py"),), {}, must_run=0)  # none
 
 
 def test_on_a_gpu_cases_that_all_skip_fail_the_check_and_a_hung_run_is_stopped(tmp_path):
-    """A child that does not see the GPU skips every case: passed on a CPU, a failure on a GPU."""
+    """A child that does not see the GPU skips every case: passed on a CPU, a failure on a GPU;
+    so are fewer passing cases than the GPU must run."""
     skipping = tmp_path / "test_skips.py"
     skipping.write_text(
         "import time\n\nimport pytest\n\n\n@pytest.mark.cuda\ndef test_skips():\n"
         "    pytest.skip('no GPU')\n\n\n@pytest.mark.cuda\ndef test_hangs():\n"
-        "    time.sleep(60)\n"
+        "    time.sleep(60)\n\n\n@pytest.mark.cuda\ndef test_passes():\n    pass\n"
     )
+    assert suite_cuda_cases((f"{skipping}::test_passes",), {}, must_run=1)
+    assert not suite_cuda_cases((f"{skipping}::test_passes",), {}, must_run=2)  # one case lost
     only_skip = (f"{skipping}::test_skips",)
-    assert suite_cuda_cases(only_skip, {}, must_run=False)
+    assert suite_cuda_cases(only_skip, {}, must_run=0)
     figures: dict = {}
-    assert not suite_cuda_cases(only_skip, figures, must_run=True)
+    assert not suite_cuda_cases(only_skip, figures, must_run=1)
     assert figures["pytest_cuda"].startswith("1 skipped")
     figures = {}
-    assert not suite_cuda_cases((str(skipping),), figures, must_run=False, timeout_s=5)
+    assert not suite_cuda_cases((str(skipping),), figures, must_run=0, timeout_s=5)
     assert figures["pytest_cuda"] == "stopped after 5 s"
 
 
@@ -126,6 +133,16 @@ def test_a_step_row_that_fails_is_recorded_and_the_next_rows_still_run(tmp_path,
     assert failure.startswith("2. SimCLR step, ResNet-50, bf16 + channels-last x2: RuntimeError")
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["sections"]["2. SimCLR step, ResNet-50"]["rows"][2]["error"] == "out of memory"
+    # what a run stopped at its time limit leaves says so: its missing sections never ran
+    assert not saved["finished"]
+    assert (
+        (tmp_path / "gpu_check.md")
+        .read_text()
+        .endswith(
+            "UNFINISHED: the run stopped before its end; the last section saved: "
+            "2. SimCLR step, ResNet-50\n"
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,15 +209,17 @@ def test_without_lightly_a_gpu_run_fails_and_a_cpu_run_notes_it(tmp_path):
     failures and summary, not as a quiet note (a CPU ``make test`` has no bench extras)."""
     report = Report(torch.device("cpu"), SMOKE, True, tmp_path)
     on_cpu: dict = {}
-    without_lightly(report, on_cpu, "1. augmentation")
-    assert on_cpu == {"lightly": "skipped: lightly is not installed"}
+    error = ModuleNotFoundError("No module named 'lightly'")
+    without_lightly(report, on_cpu, "1. augmentation", error)
+    assert on_cpu == {"lightly": "skipped: lightly is not importable (No module named 'lightly')"}
     assert report.data["failures"] == []
     report.device = torch.device("cuda")  # only its type is read
     on_gpu: dict = {}
-    without_lightly(report, on_gpu, "1. augmentation")
+    without_lightly(report, on_gpu, "1. augmentation", error)
     assert on_gpu == on_cpu
     assert report.data["failures"] == [
-        "1. augmentation: lightly is not installed (make gpu-wheels)"
+        "1. augmentation: skipped: lightly is not importable (No module named 'lightly') "
+        "(make gpu-wheels)"
     ]
 
 
@@ -247,3 +266,32 @@ def test_the_wheels_script_takes_the_installed_versions_and_refuses_a_missing_on
     assert asked[:3] == ["-m", "pip", "download"]
     assert {"pydantic==2.14.4", "pydantic-core==2.50.5", "lightly==1.6.0"} <= set(asked)
     assert not (tree / "gpu-wheels" / "kept.whl").exists()  # a fresh folder
+
+
+class _WrongUnderAutocast(nn.Module):
+    """A network whose bf16 forward is broken the way ``corrupt`` says, its fp32 forward sound."""
+
+    def __init__(self, network: nn.Module, corrupt):
+        super().__init__()
+        self.network, self.corrupt = network, corrupt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.network(x)
+        return self.corrupt(z) if torch.is_autocast_enabled(x.device.type) else z
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [lambda z: torch.cat([z[: len(z) // 2], z[len(z) // 2 :].roll(1, 0)]),
+     lambda z: z + 3 * z.std() * torch.randn_like(z)],
+    ids=["second views of other images", "noise"],
+)  # fmt: skip
+def test_the_bf16_check_fails_a_broken_bf16_forward(monkeypatch, corrupt):
+    """At initialisation the loss of raw projections is log(2n - 1) whatever the network does:
+    the check must still fail a bf16 path that returns another image's rows, or noise."""
+    real = gpu_check.resnet50
+    monkeypatch.setattr(gpu_check, "resnet50",
+                        lambda *args: _WrongUnderAutocast(real(*args), corrupt))  # fmt: skip
+    figures: dict = {}
+    checks = bf16_against_fp32(torch.device("cpu"), figures)
+    assert not any(checks.values()), figures
