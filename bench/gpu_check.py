@@ -360,8 +360,7 @@ def steps(report: Report, sizes: Sizes, section: str, variants, batches: tuple[i
                     report.data["failures"].append(f"{section}, {name} x{batch}: {row['error']}")
                     traceback.print_exc()
                     synchronize(device)  # a sticky CUDA error ends the section: no row could run
-                empty_cache(device)
-                report.keep()
+                report.keep()  # the next row begins by emptying the cache, the section ends so
 
 
 def step_row(
